@@ -1,0 +1,111 @@
+"""Task handlers, looked up by name. A submitted name is only ever a key in this registry:
+never imported, evaluated or unpickled."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from jobq.errors import ConfigError, UnknownTask
+from jobq.settings import NAME_PATTERN
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Handed to handlers that take a second parameter."""
+
+    job_id: int
+    attempt: int
+    max_attempts: int
+    queue: str
+    task_type: str
+    worker_id: str
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    fn: Callable[..., Any]
+    max_attempts: int | None
+    is_async: bool
+    wants_context: bool
+
+
+def _wants_context(fn: Callable[..., Any]) -> bool:
+    params = [
+        p
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return len(params) >= 2
+
+
+class TaskRegistry:
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+
+    def register(
+        self, name: str, fn: Callable[..., Any], *, max_attempts: int | None = None
+    ) -> Task:
+        if not re.match(NAME_PATTERN, name):
+            raise ValueError(f"task name {name!r} must match {NAME_PATTERN}")
+        if max_attempts is not None and max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        existing = self._tasks.get(name)
+        if existing is not None and existing.fn is not fn:
+            raise ValueError(f"task {name!r} is already registered to {existing.fn!r}")
+        task = Task(
+            name=name,
+            fn=fn,
+            max_attempts=max_attempts,
+            is_async=inspect.iscoroutinefunction(fn),
+            wants_context=_wants_context(fn),
+        )
+        self._tasks[name] = task
+        return task
+
+    def get(self, name: str) -> Task:
+        try:
+            return self._tasks[name]
+        except KeyError:
+            raise UnknownTask(name, list(self._tasks)) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def names(self) -> list[str]:
+        return sorted(self._tasks)
+
+
+#: Where ``@task`` registers. Modules named in JOBQ_TASKS are imported so that their
+#: decorators run; then the worker and the API read from here.
+default_registry = TaskRegistry()
+
+
+def task(name: str, *, max_attempts: int | None = None) -> Callable[[Callable[..., Any]], Any]:
+    """Register a handler: ``@task("send_email", max_attempts=5)`` on a def or an async def.
+
+    The handler receives the job's payload; a handler with a second parameter also receives a
+    JobContext. Its return value (JSON) becomes the job's result; an exception fails the attempt.
+    """
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        default_registry.register(name, fn, max_attempts=max_attempts)
+        return fn
+
+    return decorate
+
+
+def load_registry(modules: Iterable[str]) -> TaskRegistry:
+    """Import the operator's task modules (and the built-ins) and return the filled registry."""
+    importlib.import_module("jobq.builtin_tasks")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"JOBQ_TASKS: cannot import task module {module!r}: {exc}") from exc
+    return default_registry

@@ -1,0 +1,144 @@
+"""The one settings object of jobq.
+
+Read from ``JOBQ_*`` environment variables (and CLI options that override them), validated once
+at start and passed in. Nothing in jobq reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from jobq.errors import ConfigError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of jobq. Environment: ``JOBQ_<FIELD>``, e.g. ``JOBQ_DATABASE_URL``."""
+
+    model_config = SettingsConfigDict(env_prefix="JOBQ_", extra="ignore", frozen=True)
+
+    database_url: str = Field(
+        "sqlite:///jobq.db",
+        description="sqlite:///path.db or postgresql://user@host:port/db",
+    )
+    tasks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated modules that define task handlers."
+    )
+    queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["default"], description="Queues a worker serves."
+    )
+    max_attempts: int = Field(3, ge=1, le=1000, description="Default attempts per job.")
+    lease_seconds: float = Field(30.0, gt=0, le=86400, description="Lease length of a claim.")
+    heartbeat_interval_seconds: float | None = Field(
+        None, gt=0, description="How often leases are renewed (default: lease/3)."
+    )
+    rescue_interval_seconds: float = Field(
+        5.0, gt=0, le=3600, description="How often a worker rescues expired leases."
+    )
+    poll_interval_seconds: float = Field(
+        1.0, gt=0, le=3600, description="Idle poll interval of a worker."
+    )
+    backoff_base_seconds: float = Field(1.0, ge=0, le=86400, description="Backoff of attempt 1.")
+    backoff_cap_seconds: float = Field(300.0, ge=0, le=30 * 86400, description="Backoff ceiling.")
+    concurrency: int = Field(10, ge=1, le=1000, description="Jobs run at once per process.")
+    processes: int = Field(1, ge=1, le=64, description="Worker processes per `jobq worker`.")
+    shutdown_grace_seconds: float = Field(
+        10.0, ge=0, le=3600, description="Time running jobs get to finish on SIGTERM."
+    )
+    auto_migrate: bool = Field(True, description="Apply pending migrations at start.")
+    db_pool_size: int = Field(10, ge=1, le=200, description="Connections kept per process.")
+    db_max_overflow: int = Field(10, ge=0, le=200, description="Extra connections under load.")
+    db_timeout_seconds: float = Field(
+        10.0, gt=0, le=600, description="Pool wait and SQLite busy timeout."
+    )
+    host: str = Field("127.0.0.1", description="Address the API binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the API binds.")
+    log_level: str = Field("info", description="debug, info, warning or error.")
+
+    @field_validator("tasks", "queues", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("queues")
+    @classmethod
+    def _queue_names(cls, value: list[str]) -> list[str]:
+        import re
+
+        if not value:
+            raise ValueError("at least one queue is needed")
+        for name in value:
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"{name!r} is not a valid queue name")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "sqlite+pysqlite:", "postgresql:", "postgres:",
+                                 "postgresql+psycopg:")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"debug", "info", "warning", "error"}:
+            raise ValueError("must be debug, info, warning or error")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.backoff_cap_seconds < self.backoff_base_seconds:
+            raise ValueError("backoff_cap_seconds must be >= backoff_base_seconds")
+        if self.heartbeat_interval_seconds is not None and (
+            self.heartbeat_interval_seconds >= self.lease_seconds
+        ):
+            raise ValueError("heartbeat_interval_seconds must be shorter than lease_seconds")
+        return self
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """Heartbeats come three times per lease unless set explicitly."""
+        return self.heartbeat_interval_seconds or self.lease_seconds / 3
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The URL with the driver jobq uses (psycopg 3 for PostgreSQL)."""
+        url = self.database_url
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix):]
+        return url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings from the environment plus explicit overrides (None means "not given").
+
+    Raises ConfigError with a message that names each bad setting by its environment variable.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            name = f"JOBQ_{field.upper()}" if field != "settings" else "settings"
+            lines.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(lines)) from None

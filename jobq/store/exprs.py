@@ -1,0 +1,77 @@
+"""The few SQL expressions whose text differs between PostgreSQL and SQLite.
+
+Each compiles per dialect, so the statements in ``sql.py`` are written once. All times come
+from the database's clock (invariant 5): a worker's own clock never enters a statement.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import literal
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement, FunctionElement
+from sqlalchemy.types import String
+
+from jobq.store.tables import Timestamp
+
+
+class db_now(FunctionElement[Any]):
+    """The database's current time."""
+
+    type = Timestamp()
+    inherit_cache = True
+
+
+@compiles(db_now, "postgresql")
+def _now_pg(element: db_now, compiler: Any, **kw: Any) -> str:
+    # now() is the transaction's start and STABLE, so the planner can use it as an index bound
+    # (clock_timestamp() is VOLATILE and cannot). Our transactions are short; a clock a few
+    # milliseconds early only makes a lease a little shorter or a due job wait one more poll.
+    return "now()"
+
+
+@compiles(db_now, "sqlite")
+def _now_sqlite(element: db_now, compiler: Any, **kw: Any) -> str:
+    # Unix seconds with sub-second precision; works on SQLite < 3.42 (no unixepoch('subsec')).
+    return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+class seconds_from_now(FunctionElement[Any]):
+    """The database's current time plus a number of seconds (a bound parameter)."""
+
+    type = Timestamp()
+    inherit_cache = True
+
+    def __init__(self, seconds: float | ColumnElement[Any]) -> None:
+        arg = seconds if isinstance(seconds, ColumnElement) else literal(float(seconds))
+        super().__init__(arg)
+
+
+@compiles(seconds_from_now, "postgresql")
+def _plus_pg(element: seconds_from_now, compiler: Any, **kw: Any) -> str:
+    (arg,) = element.clauses
+    return f"(now() + make_interval(secs => CAST({compiler.process(arg, **kw)} AS double precision)))"
+
+
+@compiles(seconds_from_now, "sqlite")
+def _plus_sqlite(element: seconds_from_now, compiler: Any, **kw: Any) -> str:
+    (arg,) = element.clauses
+    return f"(((julianday('now') - 2440587.5) * 86400.0) + {compiler.process(arg, **kw)})"
+
+
+class new_token(FunctionElement[Any]):
+    """A fresh random fencing token, drawn per row (128 bits: never reused in practice)."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(new_token, "postgresql")
+def _token_pg(element: new_token, compiler: Any, **kw: Any) -> str:
+    return "replace(gen_random_uuid()::text, '-', '')"
+
+
+@compiles(new_token, "sqlite")
+def _token_sqlite(element: new_token, compiler: Any, **kw: Any) -> str:
+    return "lower(hex(randomblob(16)))"

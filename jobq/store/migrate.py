@@ -1,0 +1,50 @@
+"""Apply Alembic migrations under a lock, so that many processes starting at once migrate once."""
+
+from __future__ import annotations
+
+import logging
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, text
+
+
+log = logging.getLogger("jobq.migrate")
+
+VERSION_TABLE = "jobq_alembic_version"
+
+#: Any fixed 64-bit number; the same in every jobq process.
+ADVISORY_LOCK_KEY = 0x6A6F6271  # "jobq"
+
+
+def _config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", "jobq:migrations")
+    return cfg
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return ctx.get_current_revision()
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision.
+
+    The whole upgrade runs in one transaction that first takes the lock: PostgreSQL's advisory
+    transaction lock, SQLite's write lock (BEGIN IMMEDIATE, see engine.py). Latecomers wait,
+    then find the schema current and do nothing.
+    """
+    cfg = _config()
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")

@@ -1,0 +1,620 @@
+"""The store: the only place in jobq that speaks SQL.
+
+One implementation serves SQLite and PostgreSQL. The statements are written once in SQLAlchemy
+Core; what must differ is compiled per dialect (``exprs.py``) or set on the connection
+(``engine.py``: SQLite's BEGIN IMMEDIATE). Every method that moves a job is one guarded
+statement: it names the state it expects and, for a running job, the claim's fencing token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from jobq.errors import (
+    IdempotencyConflict,
+    InvalidCursor,
+    InvalidTransition,
+    JobNotFound,
+    StoreUnavailable,
+)
+from jobq.store.engine import READ_ONLY
+from jobq.store.exprs import db_now, new_token, seconds_from_now
+from jobq.store.tables import attempts, jobs, workers
+from jobq.types import (
+    Attempt,
+    AttemptOutcome,
+    ClaimedJob,
+    EnqueueResult,
+    Job,
+    JobState,
+    Lease,
+    NewJob,
+    Page,
+    Stats,
+    WorkerInfo,
+)
+
+log = logging.getLogger("jobq.store")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+PENDING, RUNNING = JobState.PENDING.value, JobState.RUNNING.value
+DONE, FAILED, CANCELLED = JobState.DONE.value, JobState.FAILED.value, JobState.CANCELLED.value
+
+#: Clearing the lease is part of every move out of ``running``.
+_NO_LEASE = {"worker_id": None, "lease_token": None, "lease_expires_at": None}
+
+
+def _translate(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn driver errors that mean "the database is not available now" into StoreUnavailable."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except sa_exc.TimeoutError as exc:  # pool exhausted
+            raise StoreUnavailable(f"no database connection free: {exc}") from exc
+        except sa_exc.OperationalError as exc:
+            raise StoreUnavailable(f"database unavailable: {exc.orig}") from exc
+        except sa_exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StoreUnavailable(f"database connection lost: {exc.orig}") from exc
+            raise
+
+    return wrapper
+
+
+def _job(row: Any, attempt_rows: Sequence[Any] = ()) -> Job:
+    m = row._mapping
+    return Job(
+        id=m["id"],
+        task_type=m["task_type"],
+        payload=m["payload"],
+        queue=m["queue"],
+        priority=m["priority"],
+        state=JobState(m["state"]),
+        attempts=m["attempts"],
+        max_attempts=m["max_attempts"],
+        run_at=m["run_at"],
+        idempotency_key=m["idempotency_key"],
+        worker_id=m["worker_id"],
+        lease_token=m["lease_token"],
+        lease_expires_at=m["lease_expires_at"],
+        result=m["result"],
+        last_error=m["last_error"],
+        created_at=m["created_at"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        attempt_log=tuple(_attempt(a) for a in attempt_rows),
+    )
+
+
+def _attempt(row: Any) -> Attempt:
+    m = row._mapping
+    return Attempt(
+        id=m["id"],
+        job_id=m["job_id"],
+        attempt=m["attempt"],
+        worker_id=m["worker_id"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        outcome=AttemptOutcome(m["outcome"]),
+        error=m["error"],
+        traceback=m["traceback"],
+    )
+
+
+def encode_cursor(job_id: int) -> str:
+    return base64.urlsafe_b64encode(f"j{job_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("j"):
+            raise ValueError
+        value = int(raw[1:])
+        if value < 1:
+            raise ValueError
+        return value
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidCursor(f"invalid cursor {cursor!r}") from None
+
+
+def _same_request(row: Any, new: NewJob) -> bool:
+    m = row._mapping
+    return (
+        m["task_type"] == new.task_type
+        and m["payload"] == new.payload
+        and m["queue"] == new.queue
+        and m["priority"] == new.priority
+        and m["max_attempts"] == new.max_attempts
+    )
+
+
+class SqlStore:
+    """Jobs, attempts and workers in a SQL database. Thread-safe; one per process."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})
+            with conn.begin():
+                yield conn
+
+    def _insert(self) -> Any:
+        if self.dialect == "postgresql":
+            return pg_dialect.insert(jobs)
+        return sqlite_dialect.insert(jobs)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @_translate
+    def ping(self) -> datetime:
+        """The database's clock; raises StoreUnavailable when it cannot be reached."""
+        with self._read() as conn:
+            return conn.execute(select(db_now())).scalar_one()
+
+    # -- enqueue ----------------------------------------------------------------------------
+
+    def _values(self, new: NewJob) -> dict[str, Any]:
+        if new.run_at is not None:
+            run_at: Any = literal(new.run_at, jobs.c.run_at.type)
+        elif new.delay_seconds:
+            run_at = seconds_from_now(new.delay_seconds)
+        else:
+            run_at = db_now()
+        return {
+            "task_type": new.task_type,
+            "payload": new.payload,
+            "queue": new.queue,
+            "priority": new.priority,
+            "state": PENDING,
+            "attempts": 0,
+            "max_attempts": new.max_attempts,
+            "run_at": run_at,
+            "idempotency_key": new.idempotency_key,
+            "created_at": db_now(),
+        }
+
+    @_translate
+    def enqueue(self, new: NewJob) -> EnqueueResult:
+        """Insert one job; with an idempotency key, return the existing job for a repeat."""
+        with self._write() as conn:
+            if new.idempotency_key is None:
+                row = conn.execute(
+                    insert(jobs).values(self._values(new)).returning(*jobs.c)
+                ).one()
+                return EnqueueResult(_job(row), created=True)
+            stmt = (
+                self._insert()
+                .values(self._values(new))
+                .on_conflict_do_nothing(index_elements=[jobs.c.idempotency_key])
+                .returning(*jobs.c)
+            )
+            row = conn.execute(stmt).first()
+            if row is not None:
+                return EnqueueResult(_job(row), created=True)
+            existing = conn.execute(
+                select(jobs).where(jobs.c.idempotency_key == new.idempotency_key)
+            ).one()
+            if not _same_request(existing, new):
+                raise IdempotencyConflict(new.idempotency_key, existing.id)
+            return EnqueueResult(_job(existing), created=False)
+
+    # -- read -------------------------------------------------------------------------------
+
+    @_translate
+    def get(self, job_id: int, *, with_attempts: bool = True) -> Job:
+        with self._read() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            if row is None:
+                raise JobNotFound(job_id)
+            attempt_rows: Sequence[Any] = ()
+            if with_attempts:
+                attempt_rows = conn.execute(
+                    select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.id)
+                ).all()
+            return _job(row, attempt_rows)
+
+    @_translate
+    def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        task_type: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Newest first. ``cursor`` is the ``next_cursor`` of the previous page."""
+        stmt = select(jobs).order_by(jobs.c.id.desc()).limit(limit + 1)
+        if state is not None:
+            stmt = stmt.where(jobs.c.state == JobState(state).value)
+        if queue is not None:
+            stmt = stmt.where(jobs.c.queue == queue)
+        if task_type is not None:
+            stmt = stmt.where(jobs.c.task_type == task_type)
+        if cursor is not None:
+            stmt = stmt.where(jobs.c.id < decode_cursor(cursor))
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
+        items = [_job(r) for r in rows[:limit]]
+        next_cursor = encode_cursor(items[-1].id) if len(rows) > limit and items else None
+        return Page(items=items, next_cursor=next_cursor)
+
+    # -- the worker's transitions -----------------------------------------------------------
+
+    @_translate
+    def claim(
+        self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
+    ) -> list[ClaimedJob]:
+        """pending → running for up to ``limit`` due jobs, highest priority first.
+
+        One statement: the candidates are locked with SKIP LOCKED on PostgreSQL, so concurrent
+        claimers pass each other by; on SQLite the whole transaction holds the write lock.
+        """
+        if limit <= 0:
+            return []
+        candidates = (
+            select(jobs.c.id)
+            .where(
+                jobs.c.state == PENDING,
+                jobs.c.queue.in_(list(queues)),
+                jobs.c.run_at <= db_now(),
+            )
+            .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            update(jobs)
+            .where(jobs.c.id.in_(candidates), jobs.c.state == PENDING)
+            .values(
+                state=RUNNING,
+                attempts=jobs.c.attempts + 1,
+                worker_id=worker_id,
+                lease_token=new_token(),
+                lease_expires_at=seconds_from_now(lease_seconds),
+                started_at=db_now(),
+            )
+            .returning(*jobs.c)
+        )
+        with self._write() as conn:
+            rows = conn.execute(stmt).all()
+            if not rows:
+                return []
+            conn.execute(
+                insert(attempts),
+                [
+                    {
+                        "job_id": r.id,
+                        "attempt": r.attempts,
+                        "worker_id": worker_id,
+                        "lease_token": r.lease_token,
+                        "started_at": r.started_at,
+                        "outcome": AttemptOutcome.RUNNING.value,
+                    }
+                    for r in rows
+                ],
+            )
+        claimed = [
+            ClaimedJob(
+                job=_job(r),
+                lease=Lease(
+                    job_id=r.id, token=r.lease_token, attempt=r.attempts,
+                    max_attempts=r.max_attempts,
+                ),
+            )
+            for r in rows
+        ]
+        # RETURNING has no order; hand jobs out in the order they were chosen.
+        claimed.sort(key=lambda c: (-c.job.priority, c.job.run_at, c.job.id))
+        return claimed
+
+    def _guard(self, lease: Lease) -> Any:
+        return and_(
+            jobs.c.id == lease.job_id,
+            jobs.c.state == RUNNING,
+            jobs.c.lease_token == lease.token,
+        )
+
+    def _close_attempt(
+        self,
+        conn: Connection,
+        token: str,
+        outcome: AttemptOutcome,
+        error: str | None = None,
+        tb: str | None = None,
+    ) -> None:
+        conn.execute(
+            update(attempts)
+            .where(
+                attempts.c.lease_token == token,
+                attempts.c.outcome == AttemptOutcome.RUNNING.value,
+            )
+            .values(outcome=outcome.value, finished_at=db_now(), error=error, traceback=tb)
+        )
+
+    @_translate
+    def complete(self, lease: Lease, result: Any) -> bool:
+        """running → done. False when the lease was lost (the job is not changed)."""
+        with self._write() as conn:
+            changed = conn.execute(
+                update(jobs)
+                .where(self._guard(lease))
+                .values(state=DONE, result=result, finished_at=db_now(), **_NO_LEASE)
+            ).rowcount
+            if changed:
+                self._close_attempt(conn, lease.token, AttemptOutcome.DONE)
+        return bool(changed)
+
+    @_translate
+    def fail(
+        self, lease: Lease, error: str, tb: str, retry_delay_seconds: float
+    ) -> JobState | None:
+        """running → pending (after ``retry_delay_seconds``) or, with no attempts left, failed.
+
+        Returns the new state, or None when the lease was lost (the job is not changed).
+        """
+        spent = jobs.c.attempts >= jobs.c.max_attempts
+        with self._write() as conn:
+            row = conn.execute(
+                update(jobs)
+                .where(self._guard(lease))
+                .values(
+                    state=case((spent, FAILED), else_=PENDING),
+                    run_at=case((spent, jobs.c.run_at), else_=seconds_from_now(retry_delay_seconds)),
+                    finished_at=case((spent, db_now()), else_=None),
+                    last_error=error,
+                    **_NO_LEASE,
+                )
+                .returning(jobs.c.state)
+            ).first()
+            if row is None:
+                return None
+            self._close_attempt(conn, lease.token, AttemptOutcome.ERROR, error, tb)
+        return JobState(row.state)
+
+    @_translate
+    def release(self, leases: Sequence[Lease]) -> int:
+        """running → pending without charging the attempt (graceful shutdown)."""
+        released = 0
+        with self._write() as conn:
+            for lease in leases:
+                changed = conn.execute(
+                    update(jobs)
+                    .where(self._guard(lease))
+                    .values(
+                        state=PENDING, attempts=jobs.c.attempts - 1, run_at=db_now(), **_NO_LEASE
+                    )
+                ).rowcount
+                if changed:
+                    released += 1
+                    self._close_attempt(conn, lease.token, AttemptOutcome.RELEASED)
+        return released
+
+    @_translate
+    def heartbeat(self, worker_id: str, tokens: Sequence[str], lease_seconds: float) -> set[str]:
+        """Extend the leases this worker still holds; return the tokens that are still valid.
+
+        A token missing from the answer was rescued, cancelled or otherwise lost: the worker
+        must stop that job and expect its late writes to be refused.
+        """
+        with self._write() as conn:
+            conn.execute(
+                update(workers).where(workers.c.id == worker_id).values(last_heartbeat_at=db_now())
+            )
+            if not tokens:
+                return set()
+            rows = conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.state == RUNNING,
+                    jobs.c.worker_id == worker_id,
+                    jobs.c.lease_token.in_(list(tokens)),
+                )
+                .values(lease_expires_at=seconds_from_now(lease_seconds))
+                .returning(jobs.c.lease_token)
+            ).all()
+        return {r.lease_token for r in rows}
+
+    @_translate
+    def rescue(self, limit: int = 1000) -> list[Job]:
+        """running → pending (or failed, attempts spent) for jobs whose lease expired."""
+        expired = (
+            select(jobs.c.id)
+            .where(jobs.c.state == RUNNING, jobs.c.lease_expires_at < db_now())
+            .order_by(jobs.c.lease_expires_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        spent = jobs.c.attempts >= jobs.c.max_attempts
+        with self._write() as conn:
+            rows = conn.execute(
+                update(jobs)
+                .where(jobs.c.id.in_(expired), jobs.c.state == RUNNING,
+                       jobs.c.lease_expires_at < db_now())
+                .values(
+                    state=case((spent, FAILED), else_=PENDING),
+                    run_at=case((spent, jobs.c.run_at), else_=db_now()),
+                    finished_at=case((spent, db_now()), else_=None),
+                    last_error="lease expired: the worker stopped heartbeating",
+                    **_NO_LEASE,
+                )
+                .returning(*jobs.c)
+            ).all()
+            if rows:
+                # Same transaction as the rescue, so no new attempt of these jobs can exist yet.
+                conn.execute(
+                    update(attempts)
+                    .where(
+                        attempts.c.job_id.in_([r.id for r in rows]),
+                        attempts.c.outcome == AttemptOutcome.RUNNING.value,
+                    )
+                    .values(
+                        outcome=AttemptOutcome.LOST.value,
+                        finished_at=db_now(),
+                        error="lease expired",
+                    )
+                )
+        return [_job(r) for r in rows]
+
+    # -- the operator's transitions ---------------------------------------------------------
+
+    @_translate
+    def cancel(self, job_id: int) -> Job:
+        """pending | running → cancelled. Cancelling a cancelled job is a no-op."""
+        with self._write() as conn:
+            row = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.state.in_([PENDING, RUNNING]))
+                .values(state=CANCELLED, finished_at=db_now(), **_NO_LEASE)
+                .returning(*jobs.c)
+            ).first()
+            if row is not None:
+                conn.execute(
+                    update(attempts)
+                    .where(
+                        attempts.c.job_id == job_id,
+                        attempts.c.outcome == AttemptOutcome.RUNNING.value,
+                    )
+                    .values(outcome=AttemptOutcome.CANCELLED.value, finished_at=db_now())
+                )
+                return _job(row)
+            state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar()
+        if state is None:
+            raise JobNotFound(job_id)
+        if state == CANCELLED:
+            return self.get(job_id)
+        raise InvalidTransition(job_id, state, "cancel")
+
+    @_translate
+    def retry(self, job_id: int) -> Job:
+        """failed | cancelled → pending, with a fresh budget of attempts."""
+        with self._write() as conn:
+            row = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.state.in_([FAILED, CANCELLED]))
+                .values(
+                    state=PENDING, attempts=0, run_at=db_now(), finished_at=None, result=None
+                )
+                .returning(*jobs.c)
+            ).first()
+            if row is not None:
+                return _job(row)
+            state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar()
+        if state is None:
+            raise JobNotFound(job_id)
+        raise InvalidTransition(job_id, state, "retry")
+
+    # -- workers ----------------------------------------------------------------------------
+
+    @_translate
+    def register_worker(
+        self, worker_id: str, host: str, pid: int, queues: Sequence[str], concurrency: int
+    ) -> None:
+        with self._write() as conn:
+            conn.execute(delete(workers).where(workers.c.id == worker_id))
+            conn.execute(
+                insert(workers).values(
+                    id=worker_id, host=host, pid=pid, queues=list(queues),
+                    concurrency=concurrency, started_at=db_now(), last_heartbeat_at=db_now(),
+                )
+            )
+
+    @_translate
+    def deregister_worker(self, worker_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(delete(workers).where(workers.c.id == worker_id))
+
+    @_translate
+    def prune_workers(self, silent_seconds: float) -> int:
+        """Forget workers that have not heartbeated for ``silent_seconds``."""
+        with self._write() as conn:
+            return conn.execute(
+                delete(workers).where(
+                    workers.c.last_heartbeat_at < seconds_from_now(-silent_seconds)
+                )
+            ).rowcount
+
+    # -- monitoring -------------------------------------------------------------------------
+
+    @_translate
+    def stats(self, live_worker_seconds: float) -> Stats:
+        with self._read() as conn:
+            counts = conn.execute(
+                select(jobs.c.queue, jobs.c.state, func.count()).group_by(
+                    jobs.c.queue, jobs.c.state
+                )
+            ).all()
+            oldest = conn.execute(
+                select(func.min(jobs.c.run_at)).where(
+                    jobs.c.state == PENDING, jobs.c.run_at <= db_now()
+                )
+            ).scalar()
+            now = conn.execute(select(db_now())).scalar_one()
+            finished = conn.execute(
+                select(func.count()).where(jobs.c.finished_at >= seconds_from_now(-60))
+            ).scalar_one()
+            worker_rows = conn.execute(
+                select(workers)
+                .where(workers.c.last_heartbeat_at >= seconds_from_now(-live_worker_seconds))
+                .order_by(workers.c.started_at)
+            ).all()
+        totals = {s.value: 0 for s in JobState}
+        per_queue: dict[str, dict[str, int]] = {}
+        for queue, state, n in counts:
+            totals[state] = totals.get(state, 0) + n
+            per_queue.setdefault(queue, {s.value: 0 for s in JobState})[state] = n
+        return Stats(
+            jobs=totals,
+            queues=dict(sorted(per_queue.items())),
+            workers=[
+                WorkerInfo(
+                    id=w.id, host=w.host, pid=w.pid, queues=tuple(w.queues),
+                    started_at=w.started_at, last_heartbeat_at=w.last_heartbeat_at,
+                )
+                for w in worker_rows
+            ],
+            oldest_pending_age_seconds=(
+                max((now - oldest).total_seconds(), 0.0) if oldest is not None else None
+            ),
+            finished_last_minute=finished,
+        )

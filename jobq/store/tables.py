@@ -1,0 +1,165 @@
+"""Table definitions, shared by both backends, by the store and by the Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from jobq.types import AttemptOutcome, JobState
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class Timestamp(TypeDecorator[datetime]):
+    """An aware UTC datetime.
+
+    PostgreSQL: ``timestamptz``. SQLite has no time type and its text timestamps compare badly
+    with what its clock functions return, so there it is a REAL of Unix seconds, which the
+    SQLite expressions in ``exprs.py`` produce and compare directly.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(Float())
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        if dialect.name == "sqlite":
+            return value.timestamp()
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, (int, float)):
+            return datetime.fromtimestamp(value, tz=timezone.utc)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+JsonValue = JSON(none_as_null=False).with_variant(JSONB(none_as_null=False), "postgresql")
+# SQLite needs INTEGER PRIMARY KEY (a rowid alias) for AUTOINCREMENT, which stops ids from
+# ever being reused after deletes.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+_states = ", ".join(f"'{s.value}'" for s in JobState)
+_outcomes = ", ".join(f"'{o.value}'" for o in AttemptOutcome)
+
+jobs = Table(
+    "jobq_jobs",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("task_type", String(128), nullable=False),
+    Column("payload", JsonValue, nullable=True),
+    Column("queue", String(128), nullable=False, server_default="default"),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("state", String(16), nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("max_attempts", Integer, nullable=False),
+    Column("run_at", Timestamp, nullable=False),
+    Column("idempotency_key", String(255), nullable=True, unique=True),
+    # The lease: set while running, cleared on every move out of running.
+    Column("worker_id", String(128), nullable=True),
+    Column("lease_token", String(64), nullable=True),
+    Column("lease_expires_at", Timestamp, nullable=True),
+    Column("result", JsonValue, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("started_at", Timestamp, nullable=True),
+    Column("finished_at", Timestamp, nullable=True),
+    CheckConstraint(f"state IN ({_states})", name="state"),
+    CheckConstraint("attempts >= 0 AND attempts <= max_attempts", name="attempts"),
+    sqlite_autoincrement=True,
+)
+
+# The claim reads only pending rows; a partial index keeps it cheap with millions of
+# finished jobs in the table.
+Index(
+    "ix_jobq_jobs_claim",
+    jobs.c.queue,
+    jobs.c.priority.desc(),
+    jobs.c.run_at,
+    jobs.c.id,
+    postgresql_where=text("state = 'pending'"),
+    sqlite_where=text("state = 'pending'"),
+)
+# Rescue looks for running rows whose lease has expired.
+Index(
+    "ix_jobq_jobs_lease",
+    jobs.c.lease_expires_at,
+    postgresql_where=text("state = 'running'"),
+    sqlite_where=text("state = 'running'"),
+)
+Index("ix_jobq_jobs_state_id", jobs.c.state, jobs.c.id)
+Index("ix_jobq_jobs_finished_at", jobs.c.finished_at)
+
+attempts = Table(
+    "jobq_attempts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column(
+        "job_id",
+        BigId,
+        ForeignKey("jobq_jobs.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("attempt", Integer, nullable=False),
+    Column("worker_id", String(128), nullable=False),
+    Column("lease_token", String(64), nullable=False, unique=True),
+    Column("started_at", Timestamp, nullable=False),
+    Column("finished_at", Timestamp, nullable=True),
+    Column("outcome", String(16), nullable=False, server_default="running"),
+    Column("error", Text, nullable=True),
+    Column("traceback", Text, nullable=True),
+    CheckConstraint(f"outcome IN ({_outcomes})", name="outcome"),
+    sqlite_autoincrement=True,
+)
+
+workers = Table(
+    "jobq_workers",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("queues", JsonValue, nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("started_at", Timestamp, nullable=False),
+    Column("last_heartbeat_at", Timestamp, nullable=False),
+)
