@@ -7,7 +7,7 @@ from jobq.store.engine import make_engine
 from jobq.store.migrate import migrate
 from jobq.store.sql import SqlStore
 
-__all__ = ["SqlStore", "open_store", "migrate"]
+__all__ = ["SqlStore", "open_store", "make_engine", "migrate"]
 
 
 def open_store(settings: Settings, *, auto_migrate: bool | None = None) -> SqlStore:

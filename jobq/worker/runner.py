@@ -1,0 +1,343 @@
+"""One worker process: asyncio all the way, with the store's blocking calls on a small thread pool.
+
+Loops (each has the same shape: run, sleep an interruptible jittered interval, repeat; a loop
+that crashes stops the worker loudly with exit code 1):
+
+- fetch:     claims at most as many jobs as there are free slots (invariant 6)
+- heartbeat: extends the leases of running jobs; a job whose lease is gone is taken away from
+             its handler, and its late writes would be refused by the store anyway (fencing)
+- rescue:    moves jobs whose lease expired (dead or frozen workers) back to pending or failed
+
+Stopping (SIGTERM/SIGINT): claim nothing more, give running jobs ``shutdown_grace_seconds`` to
+finish, release the rest back to pending without charging the attempt, deregister, exit 0.
+A second signal skips the rest of the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import random
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from jobq.errors import StoreUnavailable
+from jobq.registry import JobContext, TaskRegistry, load_registry
+from jobq.retry import Backoff
+from jobq.settings import Settings
+from jobq.store import SqlStore, open_store
+from jobq.types import ClaimedJob, Failure, JobState, Lease, Outcome, Success
+from jobq.worker.executor import execute
+
+log = logging.getLogger("jobq.worker")
+
+T = TypeVar("T")
+
+
+def jittered(seconds: float, spread: float = 0.1) -> float:
+    """``seconds`` ± 10 %, so that many workers do not poll in lockstep."""
+    return seconds * (1 + random.uniform(-spread, spread))
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()[:60]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Running:
+    claimed: ClaimedJob
+    task: asyncio.Task[None] | None = None
+    lost: bool = False  # the lease is gone: the outcome must not be written
+    released: bool = False  # given back at shutdown
+    completing: bool = False  # the outcome is being written; the guarded write decides
+
+
+@dataclass
+class Worker:
+    store: SqlStore
+    registry: TaskRegistry
+    settings: Settings
+    worker_id: str = field(default_factory=new_worker_id)
+    queues: Sequence[str] | None = None
+    concurrency: int | None = None
+
+    def __post_init__(self) -> None:
+        self.queues = list(self.queues or self.settings.queues)
+        self.concurrency = self.concurrency or self.settings.concurrency
+        self.backoff = Backoff(self.settings.backoff_base_seconds, self.settings.backoff_cap_seconds)
+        self._running: dict[str, Running] = {}
+        self._db = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jobq-db")
+        self._stopping = asyncio.Event()  # stop claiming
+        self._stopped = asyncio.Event()  # side loops may end
+        self._slot_freed = asyncio.Event()
+        self._hurry = False  # a second signal: skip the rest of the grace period
+        self._last_heartbeat_ok = time.monotonic()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db, functools.partial(fn, *args))
+
+    async def _sleep(self, seconds: float, until: asyncio.Event) -> None:
+        """Sleep that ``until`` interrupts."""
+        try:
+            await asyncio.wait_for(until.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _loop(
+        self, name: str, body: Callable[[], Awaitable[float]], until: asyncio.Event
+    ) -> None:
+        """Run ``body`` until ``until`` is set; body returns how long to sleep next.
+
+        A database that is down is weathered (logged, retried); any other error ends the loop
+        with that error, and ``run`` then stops the worker with exit code 1.
+        """
+        failures = 0
+        while not until.is_set():
+            try:
+                pause = await body()
+                failures = 0
+            except StoreUnavailable as exc:
+                failures += 1
+                pause = min(0.1 * 2**failures, 5.0)
+                log.warning("%s: database unavailable (try %d): %s", name, failures, exc)
+            await self._sleep(jittered(pause), until)
+
+    def stop(self) -> None:
+        """Begin a graceful stop; a second call cuts the grace period short."""
+        if self._stopping.is_set():
+            self._hurry = True
+            self._slot_freed.set()
+            log.warning("second stop signal: releasing running jobs now")
+        else:
+            log.info("stopping: no new claims; %d job(s) running", len(self._running))
+        self._stopping.set()
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serve until stopped. Returns the process exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.stop)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
+        await self._register()
+        log.info(
+            "worker %s serving queues %s with concurrency %d",
+            self.worker_id, ",".join(self.queues or []), self.concurrency,
+        )
+        fetcher = asyncio.create_task(self._loop("fetch", self._fetch, self._stopping))
+        side = [
+            asyncio.create_task(self._loop("heartbeat", self._heartbeat, self._stopped)),
+            asyncio.create_task(self._loop("rescue", self._rescue, self._stopped)),
+        ]
+        stopping = asyncio.create_task(self._stopping.wait())
+        done, _ = await asyncio.wait([fetcher, stopping, *side], return_when="FIRST_COMPLETED")
+        exit_code = 0
+        for t in done:
+            if t is not stopping and t.exception() is not None:
+                log.critical("worker loop crashed; stopping", exc_info=t.exception())
+                exit_code = 1
+        self._stopping.set()
+        await asyncio.gather(fetcher, return_exceptions=True)
+        await self._drain()
+        self._stopped.set()
+        await asyncio.gather(*side, stopping, return_exceptions=True)
+        await self._deregister()
+        self._db.shutdown(wait=False)
+        log.info("worker %s stopped", self.worker_id)
+        return exit_code
+
+    async def _register(self) -> None:
+        while True:
+            try:
+                await self._call(
+                    self.store.register_worker, self.worker_id, socket.gethostname(),
+                    os.getpid(), self.queues, self.concurrency,
+                )
+                return
+            except StoreUnavailable as exc:
+                log.warning("cannot register worker yet: %s", exc)
+                await self._sleep(1.0, self._stopping)
+                if self._stopping.is_set():
+                    return
+
+    async def _deregister(self) -> None:
+        try:
+            await self._call(self.store.deregister_worker, self.worker_id)
+        except StoreUnavailable as exc:
+            log.warning("could not deregister (the row will be pruned): %s", exc)
+
+    async def _drain(self) -> None:
+        tasks = [r.task for r in self._running.values() if r.task is not None]
+        grace = self.settings.shutdown_grace_seconds
+        deadline = time.monotonic() + grace
+        while tasks and not self._hurry and time.monotonic() < deadline:
+            self._slot_freed.clear()
+            tasks = [t for t in tasks if not t.done()]
+            if not tasks:
+                break
+            await self._sleep(min(0.1, max(deadline - time.monotonic(), 0)), self._slot_freed)
+        leftovers = [r for r in self._running.values() if r.task is not None and not r.task.done()]
+        if not leftovers:
+            return
+        for r in leftovers:
+            r.released = True
+            r.task.cancel()  # type: ignore[union-attr]
+        await asyncio.gather(*(r.task for r in leftovers), return_exceptions=True)  # type: ignore[misc]
+        leases = [r.claimed.lease for r in leftovers]
+        try:
+            n = await self._call(self.store.release, leases)
+            log.info("released %d unfinished job(s) back to pending", n)
+        except StoreUnavailable as exc:
+            log.warning("could not release %d job(s); their leases will expire: %s",
+                        len(leases), exc)
+
+    # -- fetch, execute, complete ------------------------------------------------------------
+
+    async def _fetch(self) -> float:
+        free = (self.concurrency or 0) - len(self._running)
+        if free <= 0:
+            # Full: wait for a slot rather than poll.
+            self._slot_freed.clear()
+            await self._sleep(self.settings.poll_interval_seconds, self._slot_freed)
+            return 0.0
+        claimed = await self._call(
+            self.store.claim, self.worker_id, self.queues, free, self.settings.lease_seconds
+        )
+        for c in claimed:
+            self._start(c)
+        # A full batch means there is likely more: go again as soon as a slot frees.
+        return 0.0 if len(claimed) == free else self.settings.poll_interval_seconds
+
+    def _start(self, claimed: ClaimedJob) -> None:
+        running = Running(claimed)
+        self._running[claimed.lease.token] = running
+        running.task = asyncio.create_task(self._work(running), name=f"job-{claimed.job.id}")
+
+    async def _work(self, running: Running) -> None:
+        claimed = running.claimed
+        job, lease = claimed.job, claimed.lease
+        try:
+            task = self.registry.get(job.task_type)
+        except Exception as exc:  # noqa: BLE001 - unknown here: a worker without that handler
+            outcome: Outcome = Failure(f"{type(exc).__name__}: {exc}", "")
+        else:
+            ctx = JobContext(
+                job_id=job.id, attempt=lease.attempt, max_attempts=lease.max_attempts,
+                queue=job.queue, task_type=job.task_type, worker_id=self.worker_id,
+            )
+            try:
+                outcome = await execute(task, job.payload, ctx)
+            except asyncio.CancelledError:
+                if not (running.lost or running.released):
+                    raise
+                outcome = None  # type: ignore[assignment]
+        try:
+            if outcome is not None and not running.lost and not running.released:
+                running.completing = True
+                await self._complete(lease, outcome)
+        finally:
+            self._running.pop(lease.token, None)
+            self._slot_freed.set()
+
+    async def _complete(self, lease: Lease, outcome: Outcome) -> None:
+        """Persist one outcome with one guarded store call, retrying while the database is down
+        (the heartbeat keeps the lease alive meanwhile; once it is lost, the store refuses)."""
+        failures = 0
+        while True:
+            try:
+                if isinstance(outcome, Success):
+                    ok = await self._call(self.store.complete, lease, outcome.result)
+                    if not ok:
+                        log.warning("job %s: lease lost before completion; result discarded",
+                                    lease.job_id)
+                    return
+                delay = self.backoff.delay(lease.attempt)
+                state = await self._call(
+                    self.store.fail, lease, outcome.error, outcome.traceback, delay
+                )
+                if state is None:
+                    log.warning("job %s: lease lost before its failure was recorded",
+                                lease.job_id)
+                elif state is JobState.FAILED:
+                    log.info("job %s failed for good after %d attempt(s): %s",
+                             lease.job_id, lease.attempt, outcome.error)
+                else:
+                    log.info("job %s attempt %d failed, retrying in %.2fs: %s",
+                             lease.job_id, lease.attempt, delay, outcome.error)
+                return
+            except StoreUnavailable as exc:
+                failures += 1
+                if failures * 0.5 > 2 * self.settings.lease_seconds:
+                    log.error("job %s: giving up writing its outcome; the lease will expire "
+                              "and the job will run again: %s", lease.job_id, exc)
+                    return
+                await asyncio.sleep(min(0.1 * 2**failures, 2.0))
+
+    # -- leases -------------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> float:
+        tokens = list(self._running)
+        try:
+            valid = await self._call(
+                self.store.heartbeat, self.worker_id, tokens, self.settings.lease_seconds
+            )
+        except StoreUnavailable:
+            if time.monotonic() - self._last_heartbeat_ok > self.settings.lease_seconds:
+                self._lose(list(self._running), "no heartbeat got through for a whole lease")
+            raise
+        self._last_heartbeat_ok = time.monotonic()
+        self._lose([t for t in tokens if t not in valid], "lease lost (rescued or cancelled)")
+        return self.settings.heartbeat_seconds
+
+    def _lose(self, tokens: Sequence[str], why: str) -> None:
+        for token in tokens:
+            running = self._running.get(token)
+            if running is None or running.lost or running.released or running.completing:
+                # A completing job may have just committed (so the heartbeat missed it); its
+                # guarded write settles the matter either way.
+                continue
+            running.lost = True
+            log.warning("job %s: %s; stopping its handler", running.claimed.job.id, why)
+            if running.task is not None:
+                running.task.cancel()
+
+    async def _rescue(self) -> float:
+        rescued = await self._call(self.store.rescue)
+        for job in rescued:
+            log.warning("rescued job %s (lease expired) -> %s", job.id, job.state)
+        await self._call(self.store.prune_workers, 10 * self.settings.lease_seconds)
+        return self.settings.rescue_interval_seconds
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def run_worker(settings: Settings, *, worker_id: str | None = None) -> int:
+    """Entry point of one worker process: connect, migrate if asked, serve until stopped."""
+    configure_logging(settings.log_level)
+    registry = load_registry(settings.tasks)
+    store = open_store(settings)
+    try:
+        worker = Worker(store, registry, settings, worker_id=worker_id or new_worker_id())
+        return asyncio.run(worker.run())
+    finally:
+        store.dispose()
