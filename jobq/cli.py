@@ -61,6 +61,16 @@ def _settings(**overrides: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
+def _migrate(settings: Settings) -> None:
+    """Bring the schema up to date once, before starting processes that would each check."""
+    from jobq.store import open_store
+
+    try:
+        open_store(settings, auto_migrate=True).dispose()
+    except JobqError as exc:
+        raise _fail(exc) from None
+
+
 def _fail(exc: JobqError) -> typer.Exit:
     typer.secho(f"jobq: {exc}", fg="red", err=True)
     return typer.Exit(1)
@@ -78,20 +88,13 @@ def up(
     port: Port = None,
 ) -> None:
     """Migrate, then run the API and N worker processes; Ctrl-C stops them all cleanly."""
-    from jobq.store import make_engine, migrate
     from jobq.supervisor import Supervisor
     from jobq.worker.runner import configure_logging
 
     settings = _settings(database_url=database_url, tasks=tasks, concurrency=concurrency,
                          queues=queues, host=host, port=port)
     configure_logging(settings.log_level)
-    engine = make_engine(settings)
-    try:
-        migrate(engine)
-    except JobqError as exc:
-        raise _fail(exc) from None
-    finally:
-        engine.dispose()
+    _migrate(settings)
     typer.echo(
         f"jobq up: API on http://{settings.host}:{settings.port} (docs at /docs), "
         f"{workers} worker process(es), database {settings.database_url}. Ctrl-C stops."
@@ -137,11 +140,7 @@ def worker(
             raise typer.Exit(run_worker(settings))
         configure_logging(settings.log_level)
         if settings.auto_migrate:
-            from jobq.store import make_engine, migrate
-
-            engine = make_engine(settings)
-            migrate(engine)
-            engine.dispose()
+            _migrate(settings)
         raise typer.Exit(Supervisor(settings, workers=settings.processes).run())
     except JobqError as exc:
         raise _fail(exc) from None
@@ -150,18 +149,10 @@ def worker(
 @app.command("migrate")
 def migrate_cmd(database_url: DbUrl = None) -> None:
     """Apply pending database migrations (safe to run from many processes at once)."""
-    from jobq.store import make_engine, migrate
-    from jobq.store.migrate import current_revision, head_revision
+    from jobq.store.migrate import head_revision
 
-    settings = _settings(database_url=database_url)
-    engine = make_engine(settings)
-    try:
-        migrate(engine)
-        typer.echo(f"database at revision {current_revision(engine)} (head {head_revision()})")
-    except JobqError as exc:
-        raise _fail(exc) from None
-    finally:
-        engine.dispose()
+    _migrate(_settings(database_url=database_url))
+    typer.echo(f"database schema at revision {head_revision()}")
 
 
 @app.command()
@@ -180,18 +171,19 @@ def enqueue(
     tasks: Tasks = None,
 ) -> None:
     """Submit one job and print it as JSON."""
+    from jobq.jsonvalue import check_json_value
     from jobq.service import JobService
-    from jobq.worker.executor import json_problem
 
     try:
         value = json.loads(payload)
     except ValueError as exc:
         typer.secho(f"jobq: --payload is not valid JSON: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
-    problem = json_problem(value)
-    if problem is not None:
-        typer.secho(f"jobq: --payload {problem}", fg="red", err=True)
-        raise typer.Exit(2)
+    try:
+        check_json_value(value)
+    except ValueError as exc:
+        typer.secho(f"jobq: --payload: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
     settings = _settings(database_url=database_url, tasks=tasks)
     try:
         service = JobService.from_settings(settings)

@@ -137,7 +137,9 @@ class Supervisor:
                 p.kill()
                 p.join(5)
                 code = 1
-            elif p.exitcode != 0:
+            elif p.exitcode not in (0, -signal.SIGTERM):
+                # -SIGTERM: uvicorn re-raises the signal after its graceful shutdown, and a
+                # child still starting up dies of it; either way it stopped as asked.
                 log.error("%s exited with %s", child.name, p.exitcode)
                 code = 1
         return code

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import traceback
 from collections.abc import Callable
 from typing import Any
 
+from jobq.jsonvalue import check_json_value, storable_text
 from jobq.registry import JobContext, Task
 from jobq.types import Failure, Outcome, Success
 
@@ -59,22 +59,12 @@ async def execute(task: Task, payload: Any, ctx: JobContext) -> Outcome:
         raise
     except Exception as exc:  # noqa: BLE001 - every handler error is an outcome
         return Failure(
-            error=f"{type(exc).__name__}: {exc}"[:4000],
-            traceback="".join(traceback.format_exception(exc))[-20000:],
+            error=storable_text(f"{type(exc).__name__}: {exc}"[:4000]),
+            traceback=storable_text("".join(traceback.format_exception(exc))[-20000:]),
         )
-    problem = json_problem(result)
-    if problem is not None:
-        return Failure(error=f"ResultNotJSON: the handler's return value {problem}", traceback="")
-    return Success(result)
-
-
-def json_problem(value: Any) -> str | None:
-    """Why ``value`` cannot be stored as JSON on both backends, or None when it can."""
     try:
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
-        text.encode("utf-8")  # lone surrogates fail here
-    except (TypeError, ValueError) as exc:
-        return f"is not JSON: {exc}"
-    if "\x00" in text or "\\u0000" in text:
-        return "contains a NUL character, which PostgreSQL cannot store"
-    return None
+        check_json_value(result, name="result")
+    except ValueError as exc:
+        return Failure(error=f"ResultNotJSON: the handler's return value is not storable: {exc}",
+                       traceback="")
+    return Success(result)

@@ -1,0 +1,258 @@
+"""Pydantic models at the edge of the HTTP API: what a request may carry, what a response says.
+
+The request models reject everything that no backend could store (NaN and Infinity, NUL
+characters, lone surrogates) or should not (absurd nesting), so a bad request is a 422 that
+names the field, never a driver error half-way through an insert.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from jobq.jsonvalue import MAX_PAYLOAD_DEPTH, check_json_value, text_problem
+from jobq.settings import NAME_PATTERN
+from jobq.types import AttemptOutcome, JobState
+
+#: Longest delay a job may be scheduled with: a (leap) year.
+MAX_DELAY_SECONDS = 366 * 86400
+PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+class _JobSpec(BaseModel):
+    """A new job; the fields and rules that both request forms share."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    # Declared here so that both forms list them first; each form narrows their types.
+    task_type: Name | None = None
+    payload: Any = None
+    queue: Name = Field("default", description="Queue to put the job in.", examples=["default"])
+    priority: int = Field(
+        0,
+        ge=PRIORITY_MIN,
+        le=PRIORITY_MAX,
+        description="Higher runs first among due jobs of a queue.",
+    )
+    run_at: datetime | None = Field(
+        None,
+        description="Earliest start, ISO 8601; a time without offset is UTC. "
+        "Excludes delay_seconds.",
+    )
+    delay_seconds: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_DELAY_SECONDS,
+        description="Earliest start, in seconds from now (database clock). Excludes run_at.",
+    )
+    max_attempts: int | None = Field(
+        None, ge=1, le=1000, description="Attempts before the job fails; default: the task's."
+    )
+    idempotency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="Repeating a request with the same key returns the first job (200) "
+        "instead of creating another; a different request with the key is a 409.",
+    )
+
+    @field_validator("priority", "max_attempts", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be an integer, not a boolean")
+        return value
+
+    @field_validator("run_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        try:
+            return value.astimezone(timezone.utc)
+        except OverflowError:
+            raise ValueError("is out of range") from None
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _key_text(cls, value: str | None) -> str | None:
+        why = text_problem(value) if value is not None else None
+        if why:
+            raise ValueError(why)
+        return value
+
+    @model_validator(mode="after")
+    def _one_start(self) -> _JobSpec:
+        if self.run_at is not None and self.delay_seconds is not None:
+            raise ValueError("give run_at or delay_seconds, not both")
+        return self
+
+
+class EnqueueRequest(_JobSpec):
+    """A new job, as a JSON body."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"task_type": "test", "payload": {"hello": "world"}},
+                {
+                    "task_type": "echo",
+                    "payload": [1, 2, 3],
+                    "queue": "default",
+                    "priority": 10,
+                    "delay_seconds": 30,
+                    "max_attempts": 5,
+                    "idempotency_key": "order-42",
+                },
+            ]
+        }
+    )
+
+    task_type: Name = Field(description="Name of a registered task.", examples=["test"])
+    payload: Any = Field(
+        None,
+        description="Any JSON value, handed to the task. Nested at most "
+        f"{MAX_PAYLOAD_DEPTH} levels deep.",
+    )
+
+    @field_validator("payload")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        check_json_value(value)
+        return value
+
+
+class EnqueueQuery(_JobSpec):
+    """A new job, as query parameters (``POST /jobs?task_type=test&payload=hello``)."""
+
+    task_type: Name | None = Field(
+        None, description="Name of a registered task (query form).", examples=["test"]
+    )
+    payload: str | None = Field(
+        None, description="The payload, as a string (query form).", examples=["hello"]
+    )
+
+    @field_validator("payload")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        why = text_problem(value) if value is not None else None
+        if why:
+            raise ValueError(why)
+        return value
+
+
+# -- responses --------------------------------------------------------------------------------
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class AttemptOut(_Out):
+    attempt: int = Field(description="1 for the first attempt.")
+    worker_id: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: AttemptOutcome
+    error: str | None
+    traceback: str | None
+
+
+class JobOut(_Out):
+    id: int
+    task_type: str
+    payload: Any
+    queue: str
+    priority: int
+    state: JobState
+    attempts: int = Field(description="Attempts started so far.")
+    max_attempts: int
+    run_at: datetime = Field(description="Earliest time the job may (next) run.")
+    idempotency_key: str | None
+    worker_id: str | None = Field(description="Worker holding the job while it runs.")
+    lease_expires_at: datetime | None
+    result: Any = Field(description="What the task returned, once done.")
+    last_error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobDetail(JobOut):
+    attempt_log: list[AttemptOut] = Field(description="Every attempt, oldest first.")
+
+
+class JobPage(BaseModel):
+    items: list[JobOut] = Field(description="Newest first.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page."
+    )
+
+
+class StateCounts(BaseModel):
+    pending: int = 0
+    running: int = 0
+    done: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+class WorkerOut(_Out):
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    started_at: datetime
+    last_heartbeat_at: datetime
+
+
+class StatsOut(BaseModel):
+    jobs: StateCounts = Field(description="Jobs per state, over all queues.")
+    queues: dict[str, StateCounts] = Field(description="Jobs per state, per queue.")
+    workers: list[WorkerOut] = Field(description="Workers whose heartbeat is recent.")
+    oldest_pending_age_seconds: float | None = Field(
+        description="How long the oldest due pending job has waited; null when none waits."
+    )
+    finished_last_minute: int = Field(description="Jobs that reached a final state recently.")
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+    database: str = Field(examples=["ok"])
+
+
+class ValidationProblemItem(BaseModel):
+    loc: list[str | int] = Field(description='Where, e.g. ["body", "payload"].')
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem (``application/problem+json``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="URI naming the kind of problem.", examples=["about:blank"])
+    title: str
+    status: int
+    detail: str
+    instance: str | None = Field(None, description="The request path.")
+    errors: list[ValidationProblemItem] | None = Field(
+        None, description="Validation problems, each with its location."
+    )

@@ -1,0 +1,201 @@
+"""Thin routes over JobService, one router per resource.
+
+The store is synchronous, so every route is a plain ``def``: FastAPI runs it in its threadpool
+and the event loop never waits on the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+
+from jobq.api.models import (
+    EnqueueQuery,
+    EnqueueRequest,
+    Health,
+    JobDetail,
+    JobOut,
+    JobPage,
+    StateCounts,
+    StatsOut,
+    WorkerOut,
+)
+from jobq.api.problems import problem_responses
+from jobq.errors import StoreUnavailable
+from jobq.service import JobService
+from jobq.settings import NAME_PATTERN
+from jobq.types import JobState
+
+log = logging.getLogger("jobq.api")
+
+#: Largest id the databases store (BIGINT); larger ids cannot exist.
+MAX_JOB_ID = 2**63 - 1
+
+
+def get_service(request: Request) -> JobService:
+    """The JobService that the app's lifespan put in ``app.state``."""
+    service: JobService | None = getattr(request.app.state, "service", None)
+    if service is None:
+        raise RuntimeError("the jobq app was not started: its lifespan has not run")
+    return service
+
+
+Service = Annotated[JobService, Depends(get_service)]
+JobId = Annotated[int, Path(ge=1, le=MAX_JOB_ID, description="The job's id.")]
+
+jobs = APIRouter(prefix="/jobs", tags=["jobs"])
+monitoring = APIRouter(tags=["monitoring"])
+
+
+@jobs.post(
+    "",
+    status_code=201,
+    summary="Submit a job",
+    description=(
+        "Give the job either as a JSON body or, as in `POST /jobs?task_type=test&payload=hello`, "
+        "as query parameters (the payload is then a string), never both. "
+        "Answers 201 with the new job, or 200 with the existing job when an identical request "
+        "with the same `idempotency_key` was made before."
+    ),
+    responses={
+        200: {"model": JobOut, "description": "Repeated request: the job it created before."},
+        **problem_responses(400, 409, 413, 422, 503),
+    },
+)
+def submit_job(
+    service: Service,
+    response: Response,
+    query: Annotated[EnqueueQuery, Query()],
+    body: Annotated[EnqueueRequest | None, Body()] = None,
+) -> JobOut:
+    given_in_query = query.model_fields_set
+    if body is not None and given_in_query:
+        raise RequestValidationError([{
+            "type": "value_error",
+            "loc": ("query", sorted(given_in_query)[0]),
+            "msg": "give the job as a JSON body or as query parameters, not both",
+        }])
+    spec: EnqueueRequest | EnqueueQuery
+    if body is not None:
+        spec = body
+    elif query.task_type is not None:
+        spec = query
+    else:
+        raise RequestValidationError([{
+            "type": "missing",
+            "loc": ("body", "task_type"),
+            "msg": "task_type is required, in a JSON body or as a query parameter",
+        }])
+    assert spec.task_type is not None
+    result = service.enqueue(
+        spec.task_type,
+        spec.payload,
+        queue=spec.queue,
+        priority=spec.priority,
+        max_attempts=spec.max_attempts,
+        run_at=spec.run_at,
+        delay_seconds=spec.delay_seconds,
+        idempotency_key=spec.idempotency_key,
+    )
+    if not result.created:
+        response.status_code = 200
+    return JobOut.model_validate(result.job)
+
+
+@jobs.get(
+    "",
+    summary="List jobs",
+    description="Newest first, filtered; page on with `cursor` = the previous `next_cursor`.",
+    responses=problem_responses(422, 503),
+)
+def list_jobs(
+    service: Service,
+    state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
+    queue: Annotated[
+        str | None, Query(pattern=NAME_PATTERN, description="Only jobs of this queue.")
+    ] = None,
+    task_type: Annotated[
+        str | None, Query(pattern=NAME_PATTERN, description="Only jobs of this task.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
+    cursor: Annotated[
+        str | None,
+        Query(min_length=1, max_length=128, description="`next_cursor` of the previous page."),
+    ] = None,
+) -> JobPage:
+    page = service.list_jobs(
+        state=state, queue=queue, task_type=task_type, limit=limit, cursor=cursor
+    )
+    return JobPage(
+        items=[JobOut.model_validate(job) for job in page.items], next_cursor=page.next_cursor
+    )
+
+
+@jobs.get(
+    "/{job_id}",
+    summary="Get a job",
+    description="The job with every attempt it has made.",
+    responses=problem_responses(404, 422, 503),
+)
+def get_job(service: Service, job_id: JobId) -> JobDetail:
+    return JobDetail.model_validate(service.get(job_id))
+
+
+@jobs.post(
+    "/{job_id}/cancel",
+    summary="Cancel a job",
+    description=(
+        "pending or running → cancelled (a running handler is asked to stop). "
+        "Cancelling a cancelled job returns it unchanged; a done or failed job is a 409."
+    ),
+    responses=problem_responses(404, 409, 422, 503),
+)
+def cancel_job(service: Service, job_id: JobId) -> JobOut:
+    return JobOut.model_validate(service.cancel(job_id))
+
+
+@jobs.post(
+    "/{job_id}/retry",
+    summary="Retry a job",
+    description="failed or cancelled → pending, with a fresh budget of attempts; else a 409.",
+    responses=problem_responses(404, 409, 422, 503),
+)
+def retry_job(service: Service, job_id: JobId) -> JobOut:
+    return JobOut.model_validate(service.retry(job_id))
+
+
+@monitoring.get(
+    "/stats",
+    summary="Queue statistics",
+    description="Jobs per state overall and per queue, live workers, and throughput.",
+    responses=problem_responses(503),
+)
+def stats(service: Service) -> StatsOut:
+    s = service.stats()
+    return StatsOut(
+        jobs=StateCounts(**s.jobs),
+        queues={name: StateCounts(**counts) for name, counts in s.queues.items()},
+        workers=[WorkerOut.model_validate(w) for w in s.workers],
+        oldest_pending_age_seconds=s.oldest_pending_age_seconds,
+        finished_last_minute=s.finished_last_minute,
+    )
+
+
+@monitoring.get(
+    "/healthz",
+    summary="Health check",
+    description="200 when the API can reach its database; a 503 problem when it cannot.",
+    responses=problem_responses(503),
+)
+def healthz(service: Service) -> Health:
+    try:
+        service.ping()
+    except StoreUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the cause, the database is not usable
+        log.warning("health check failed: %s: %s", type(exc).__name__, exc)
+        raise StoreUnavailable("health check failed") from exc
+    return Health(status="ok", database="ok")

@@ -1,0 +1,147 @@
+"""End to end, as a user would: the `jobq` CLI and the brief's own commands, as real processes
+talking real HTTP. Both backends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from procs import REPO, Procs, env_for, free_port, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(tmp_path)
+    yield p
+    p.stop_all()
+
+
+def _wait_healthy(base: str, procs: Procs, timeout: float = 30) -> None:
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(healthy, timeout, f"{base}/healthz", interval=0.2)
+    except AssertionError:
+        print(procs.logs())
+        raise
+
+
+def _wait_job(base: str, job_id: int, state: str, timeout: float = 30) -> dict:
+    def reached() -> dict | None:
+        job = httpx.get(f"{base}/jobs/{job_id}", timeout=5).json()
+        return job if job["state"] == state else None
+
+    return wait_for(reached, timeout, f"job {job_id} to be {state}", interval=0.1)  # type: ignore[return-value]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie child of someone else still answers kill(0); look at its state.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+def test_jobq_up_runs_api_and_two_workers_and_ctrl_c_stops_all(
+    db_url: str, procs: Procs, tmp_path: Path
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = env_for(db_url)
+    up = procs.start([sys.executable, "-m", "jobq", "up", "--workers", "2", "--port", str(port)],
+                     env, "up", cwd=tmp_path)
+    _wait_healthy(base, procs)
+
+    created = httpx.post(f"{base}/jobs", params={"task_type": "test", "payload": "hello"})
+    assert created.status_code == 201, created.text
+    job = _wait_job(base, created.json()["id"], "done")
+    assert job["attempts"] == 2 and job["payload"] == "hello"
+
+    cli = subprocess.run(
+        [sys.executable, "-m", "jobq", "enqueue", "echo", "--payload", '{"a": [1, 2]}'],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    echoed = _wait_job(base, json.loads(cli.stdout)["id"], "done")
+    assert echoed["result"] == {"a": [1, 2]}
+
+    stats = wait_for(lambda: (s := httpx.get(f"{base}/stats").json())["jobs"]["done"] == 2
+                     and len(s["workers"]) == 2 and s, 20, "stats with 2 done and 2 workers")
+    worker_pids = [w["pid"] for w in stats["workers"]]  # type: ignore[index]
+
+    table = subprocess.run([sys.executable, "-m", "jobq", "stats"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    assert "done" in table.stdout and "default" in table.stdout
+
+    os.kill(up.pid, signal.SIGINT)
+    assert up.wait(30) == 0, procs.logs()
+    wait_for(lambda: all(_gone(pid) for pid in worker_pids), 10, "the workers to exit")
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{base}/healthz", timeout=1)
+
+
+def test_the_briefs_commands(db_url: str, procs: Procs) -> None:
+    """`python -m uvicorn api.main:app`, `python -m worker.worker` and the brief's curl calls,
+    from the repository root."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = env_for(db_url)
+    procs.start([sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port)],
+                env, "uvicorn", cwd=REPO)
+    worker = procs.start([sys.executable, "-m", "worker.worker"], env, "worker", cwd=REPO)
+    _wait_healthy(base, procs)
+
+    curl = subprocess.run(
+        ["curl", "-sS", "-X", "POST", f"{base}/jobs?task_type=test&payload=hello"],
+        capture_output=True, text=True, timeout=30,
+    ) if _has_curl() else None
+    if curl is not None:
+        assert curl.returncode == 0, curl.stderr
+        job_id = json.loads(curl.stdout)["id"]
+    else:
+        job_id = httpx.post(f"{base}/jobs?task_type=test&payload=hello").json()["id"]
+    job = _wait_job(base, job_id, "done")
+    assert job["attempts"] == 2
+
+    stats = httpx.get(f"{base}/stats").json()
+    assert stats["jobs"]["done"] == 1
+    assert set(stats["jobs"]) == {"pending", "running", "done", "failed", "cancelled"}
+    assert httpx.get(f"{base}/docs").status_code == 200
+
+    os.kill(worker.pid, signal.SIGTERM)
+    assert worker.wait(20) == 0
+
+
+def _has_curl() -> bool:
+    return any(os.access(os.path.join(d, "curl"), os.X_OK)
+               for d in os.environ.get("PATH", "").split(os.pathsep))
+
+
+def test_bad_setting_stops_the_program_with_a_message_naming_it(tmp_path: Path) -> None:
+    env = {**os.environ, "JOBQ_MAX_ATTEMPTS": "zero", "JOBQ_DATABASE_URL":
+           f"sqlite:///{tmp_path / 'x.db'}"}
+    result = subprocess.run([sys.executable, "-m", "jobq", "worker"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "JOBQ_MAX_ATTEMPTS" in result.stderr
+    assert "Traceback" not in result.stderr
