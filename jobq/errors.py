@@ -47,6 +47,15 @@ class InvalidTransition(JobqError):
         self.action = action
 
 
+class InvalidJob(JobqError, ValueError):
+    """A job that jobq will not store; the message names the field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
 class InvalidCursor(JobqError):
     """A list cursor that jobq did not hand out."""
 

@@ -35,13 +35,24 @@ class Task:
     wants_context: bool
 
 
-def _wants_context(fn: Callable[..., Any]) -> bool:
-    params = [
-        p
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    return len(params) >= 2
+def _wants_context(name: str, fn: Callable[..., Any]) -> bool:
+    """Whether the handler takes (payload, ctx) rather than (payload).
+
+    Checked at registration, so a handler that could not be called fails at start-up, not on
+    every job.
+    """
+    params = list(inspect.signature(fn).parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
+    required_kw = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    if required_kw:
+        raise ValueError(f"task {name!r}: keyword-only parameters {required_kw} need defaults")
+    if not positional and not varargs:
+        raise ValueError(f"task {name!r}: the handler must take the payload as a parameter")
+    required = [p for p in positional if p.default is p.empty]
+    if len(required) > 2:
+        raise ValueError(f"task {name!r}: a handler takes (payload) or (payload, ctx)")
+    return len(positional) >= 2 or varargs
 
 
 class TaskRegistry:
@@ -51,7 +62,8 @@ class TaskRegistry:
     def register(
         self, name: str, fn: Callable[..., Any], *, max_attempts: int | None = None
     ) -> Task:
-        if not re.match(NAME_PATTERN, name):
+        # fullmatch: with re.match, "$" also matches before a trailing newline ("name\n").
+        if not re.fullmatch(NAME_PATTERN, name):
             raise ValueError(f"task name {name!r} must match {NAME_PATTERN}")
         if max_attempts is not None and max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
@@ -63,7 +75,7 @@ class TaskRegistry:
             fn=fn,
             max_attempts=max_attempts,
             is_async=inspect.iscoroutinefunction(fn),
-            wants_context=_wants_context(fn),
+            wants_context=_wants_context(name, fn),
         )
         self._tasks[name] = task
         return task

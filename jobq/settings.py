@@ -12,8 +12,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from jobq.errors import ConfigError
+from jobq.types import NAME_PATTERN
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+__all__ = ["NAME_PATTERN", "Settings", "load_settings"]
 
 
 def _split_csv(value: object) -> object:
@@ -78,7 +79,7 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("at least one queue is needed")
         for name in value:
-            if not re.match(NAME_PATTERN, name):
+            if not re.fullmatch(NAME_PATTERN, name):  # re.match lets "name\n" through
                 raise ValueError(f"{name!r} is not a valid queue name")
         return value
 
@@ -101,11 +102,14 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.backoff_cap_seconds < self.backoff_base_seconds:
-            raise ValueError("backoff_cap_seconds must be >= backoff_base_seconds")
+            # Named by their variables: load_settings can only name field-level errors itself.
+            raise ValueError("JOBQ_BACKOFF_CAP_SECONDS must be >= JOBQ_BACKOFF_BASE_SECONDS")
         if self.heartbeat_interval_seconds is not None and (
             self.heartbeat_interval_seconds >= self.lease_seconds
         ):
-            raise ValueError("heartbeat_interval_seconds must be shorter than lease_seconds")
+            raise ValueError(
+                "JOBQ_HEARTBEAT_INTERVAL_SECONDS must be shorter than JOBQ_LEASE_SECONDS"
+            )
         return self
 
     @property

@@ -21,9 +21,20 @@ else got there first; the caller logs it and moves on.
 from __future__ import annotations
 
 import enum
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from jobq.errors import InvalidJob
+from jobq.jsonvalue import check_json_value, text_problem
+
+#: Task, queue and worker-facing names: letters, digits and ``_ . : -``, at most 128.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+PRIORITY_RANGE = (-1000, 1000)  # higher runs first
+MAX_ATTEMPTS_RANGE = (1, 1000)
+MAX_DELAY_SECONDS = 366 * 86400
 
 
 class JobState(str, enum.Enum):
@@ -107,7 +118,12 @@ class Job:
 
 @dataclass(frozen=True)
 class NewJob:
-    """A job to enqueue. ``run_at`` (absolute) or ``delay_seconds`` (from the database's now)."""
+    """A job to enqueue. ``run_at`` (absolute) or ``delay_seconds`` (from the database's now).
+
+    Checked on construction, so that no caller (API, CLI or Python) can hand the store a job
+    that a backend would refuse half-way, or that would break every later claim: raises
+    InvalidJob naming the field.
+    """
 
     task_type: str
     payload: Any = None
@@ -117,6 +133,38 @@ class NewJob:
     run_at: datetime | None = None
     delay_seconds: float | None = None
     idempotency_key: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("task_type", "queue"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value):
+                raise InvalidJob(name, f"must match {NAME_PATTERN}")
+        _in_range("priority", self.priority, *PRIORITY_RANGE)
+        _in_range("max_attempts", self.max_attempts, *MAX_ATTEMPTS_RANGE)
+        if self.delay_seconds is not None:
+            if self.run_at is not None:
+                raise InvalidJob("delay_seconds", "give run_at or delay_seconds, not both")
+            d = self.delay_seconds
+            if isinstance(d, bool) or not isinstance(d, (int, float)) or not (
+                math.isfinite(d) and 0 <= d <= MAX_DELAY_SECONDS
+            ):
+                raise InvalidJob("delay_seconds", f"must be a number from 0 to {MAX_DELAY_SECONDS}")
+        if self.idempotency_key is not None:
+            key = self.idempotency_key
+            why = text_problem(key) if isinstance(key, str) else "must be a string"
+            if why is None and not 1 <= len(key) <= 255:
+                why = "must be 1 to 255 characters long"
+            if why:
+                raise InvalidJob("idempotency_key", why)
+        try:
+            check_json_value(self.payload)
+        except ValueError as exc:
+            raise InvalidJob("payload", str(exc)) from None
+
+
+def _in_range(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidJob(name, f"must be an integer from {low} to {high}")
 
 
 @dataclass(frozen=True)

@@ -530,12 +530,6 @@ def test_list_rejects_bad_parameters(client: httpx.Client) -> None:
     assert client.get("/jobs", params={"limit": 500}).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jobq.store.sql.decode_cursor accepts ids beyond BIGINT, which the drivers reject "
-    "(SQLite OverflowError, PostgreSQL DataError) as a 500; remove this mark once it raises "
-    "InvalidCursor for them",
-)
 def test_cursor_beyond_bigint_is_invalid(client: httpx.Client) -> None:
     for value in (2**63, 10**30):
         cursor = base64.urlsafe_b64encode(f"j{value}".encode()).decode().rstrip("=")

@@ -20,12 +20,16 @@ from pydantic import (
 )
 
 from jobq.jsonvalue import MAX_PAYLOAD_DEPTH, check_json_value, text_problem
-from jobq.settings import NAME_PATTERN
-from jobq.types import AttemptOutcome, JobState
+from jobq.types import (
+    MAX_ATTEMPTS_RANGE,
+    MAX_DELAY_SECONDS,
+    NAME_PATTERN,
+    PRIORITY_RANGE,
+    AttemptOutcome,
+    JobState,
+)
 
-#: Longest delay a job may be scheduled with: a (leap) year.
-MAX_DELAY_SECONDS = 366 * 86400
-PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
+PRIORITY_MIN, PRIORITY_MAX = PRIORITY_RANGE
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
@@ -60,7 +64,10 @@ class _JobSpec(BaseModel):
         description="Earliest start, in seconds from now (database clock). Excludes run_at.",
     )
     max_attempts: int | None = Field(
-        None, ge=1, le=1000, description="Attempts before the job fails; default: the task's."
+        None,
+        ge=MAX_ATTEMPTS_RANGE[0],
+        le=MAX_ATTEMPTS_RANGE[1],
+        description="Attempts before the job fails; default: the task's.",
     )
     idempotency_key: str | None = Field(
         None,

@@ -21,6 +21,7 @@ from jobq.api.models import Problem
 from jobq.errors import (
     IdempotencyConflict,
     InvalidCursor,
+    InvalidJob,
     InvalidTransition,
     JobNotFound,
     JobqError,
@@ -45,6 +46,7 @@ _DOMAIN: dict[type[JobqError], tuple[int, str, str]] = {
     IdempotencyConflict: (409, "idempotency-conflict", "Idempotency key reused"),
     InvalidTransition: (409, "invalid-transition", "Invalid state transition"),
     InvalidCursor: (422, "invalid-cursor", "Invalid cursor"),
+    InvalidJob: (422, "invalid-job", "Invalid job"),
     StoreUnavailable: (503, "store-unavailable", "Database unavailable"),
 }
 

@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 from sqlalchemy import (
     Connection,
     Engine,
+    Select,
     and_,
     case,
     delete,
@@ -128,6 +129,9 @@ def _attempt(row: Any) -> Attempt:
     )
 
 
+_MAX_ID = 2**63 - 1  # BIGINT, and SQLite's INTEGER
+
+
 def encode_cursor(job_id: int) -> str:
     return base64.urlsafe_b64encode(f"j{job_id}".encode()).decode().rstrip("=")
 
@@ -135,10 +139,13 @@ def encode_cursor(job_id: int) -> str:
 def decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("j"):
+        digits = raw[1:]
+        # Only what encode_cursor writes: int() alone would also take "+5", " 5" and "1_0".
+        if not raw.startswith("j") or not (digits.isascii() and digits.isdigit()):
             raise ValueError
-        value = int(raw[1:])
-        if value < 1:
+        value = int(digits)
+        # Beyond BIGINT the drivers fail (OverflowError, DataError) instead of finding nothing.
+        if not 1 <= value <= _MAX_ID:
             raise ValueError
         return value
     except (ValueError, binascii.Error, UnicodeDecodeError):
@@ -305,7 +312,7 @@ class SqlStore:
         )
         stmt = (
             update(jobs)
-            .where(jobs.c.id.in_(candidates), jobs.c.state == PENDING)
+            .where(jobs.c.id.in_(self._picked(candidates)), jobs.c.state == PENDING)
             .values(
                 state=RUNNING,
                 attempts=jobs.c.attempts + 1,
@@ -347,6 +354,18 @@ class SqlStore:
         # RETURNING has no order; hand jobs out in the order they were chosen.
         claimed.sort(key=lambda c: (-c.job.priority, c.job.run_at, c.job.id))
         return claimed
+
+    @staticmethod
+    def _picked(candidates: Select[Any]) -> Select[Any]:
+        """The ids chosen by ``candidates`` (a locking, limited SELECT), computed exactly once.
+
+        PostgreSQL may plan ``id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`` as a nested-loop
+        semi join that re-runs the subquery for every outer row; each re-run skips the rows
+        this very statement has just updated and locks the next ones, so far more than ``n``
+        rows change. A MATERIALIZED CTE is evaluated once, which keeps the limit a limit.
+        """
+        picked = candidates.cte("picked").prefix_with("MATERIALIZED", dialect="postgresql")
+        return select(picked.c.id)
 
     def _guard(self, lease: Lease) -> Any:
         return and_(
@@ -469,7 +488,7 @@ class SqlStore:
         with self._write() as conn:
             rows = conn.execute(
                 update(jobs)
-                .where(jobs.c.id.in_(expired), jobs.c.state == RUNNING,
+                .where(jobs.c.id.in_(self._picked(expired)), jobs.c.state == RUNNING,
                        jobs.c.lease_expires_at < db_now())
                 .values(
                     state=case((spent, FAILED), else_=PENDING),
@@ -522,7 +541,7 @@ class SqlStore:
         if state is None:
             raise JobNotFound(job_id)
         if state == CANCELLED:
-            return self.get(job_id)
+            return self.get(job_id, with_attempts=False)
         raise InvalidTransition(job_id, state, "cancel")
 
     @_translate

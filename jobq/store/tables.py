@@ -21,8 +21,10 @@ from sqlalchemy import (
     Text,
     text,
 )
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from jobq.types import AttemptOutcome, JobState
@@ -73,7 +75,28 @@ class Timestamp(TypeDecorator[datetime]):
         return value.astimezone(timezone.utc)
 
 
-JsonValue = JSON(none_as_null=False).with_variant(JSONB(none_as_null=False), "postgresql")
+class _SqliteJson(sqlite.JSON):
+    """SQLite JSON kept in a TEXT column.
+
+    A column declared ``JSON`` has NUMERIC affinity in SQLite, which turns the text of a
+    top-level number into an INTEGER or REAL: ``3.0`` came back as ``3``, integers beyond 64
+    bits were rounded, and an identical idempotent repeat then looked like a conflict.
+    TEXT affinity stores the JSON text exactly as written.
+    """
+
+    cache_ok = True
+
+
+@compiles(_SqliteJson, "sqlite")
+def _sqlite_json_ddl(type_: _SqliteJson, compiler: Any, **kw: Any) -> str:
+    return "TEXT"
+
+
+JsonValue = (
+    JSON(none_as_null=False)
+    .with_variant(JSONB(none_as_null=False), "postgresql")
+    .with_variant(_SqliteJson(none_as_null=False), "sqlite")
+)
 # SQLite needs INTEGER PRIMARY KEY (a rowid alias) for AUTOINCREMENT, which stops ids from
 # ever being reused after deletes.
 BigId = BigInteger().with_variant(Integer(), "sqlite")

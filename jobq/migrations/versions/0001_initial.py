@@ -18,10 +18,21 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-JSON = sa.JSON(none_as_null=False).with_variant(JSONB(none_as_null=False), "postgresql")
+# TEXT on SQLite: a column declared JSON there has NUMERIC affinity, which rewrites top-level
+# numbers (3.0 -> 3, big integers rounded). See tables.JsonValue.
+JSON = (
+    sa.JSON(none_as_null=False)
+    .with_variant(JSONB(none_as_null=False), "postgresql")
+    .with_variant(sa.Text(), "sqlite")
+)
 BIGID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 STATES = "'pending', 'running', 'done', 'failed', 'cancelled'"
 OUTCOMES = "'running', 'done', 'error', 'lost', 'released', 'cancelled'"
+
+
+# Constraint names are wrapped in op.f(): env.py hands Alembic the metadata's naming convention,
+# and "ck_%(table_name)s_%(constraint_name)s" would otherwise prefix these full names again
+# (ck_jobq_jobs_ck_jobq_jobs_state), so the database would not match tables.py.
 
 
 def upgrade() -> None:
@@ -47,9 +58,9 @@ def upgrade() -> None:
         sa.Column("finished_at", Timestamp, nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_jobq_jobs"),
         sa.UniqueConstraint("idempotency_key", name="uq_jobq_jobs_idempotency_key"),
-        sa.CheckConstraint(f"state IN ({STATES})", name="ck_jobq_jobs_state"),
+        sa.CheckConstraint(f"state IN ({STATES})", name=op.f("ck_jobq_jobs_state")),
         sa.CheckConstraint(
-            "attempts >= 0 AND attempts <= max_attempts", name="ck_jobq_jobs_attempts"
+            "attempts >= 0 AND attempts <= max_attempts", name=op.f("ck_jobq_jobs_attempts")
         ),
         sqlite_autoincrement=True,
     )
@@ -88,7 +99,7 @@ def upgrade() -> None:
             name="fk_jobq_attempts_job_id_jobq_jobs",
         ),
         sa.UniqueConstraint("lease_token", name="uq_jobq_attempts_lease_token"),
-        sa.CheckConstraint(f"outcome IN ({OUTCOMES})", name="ck_jobq_attempts_outcome"),
+        sa.CheckConstraint(f"outcome IN ({OUTCOMES})", name=op.f("ck_jobq_attempts_outcome")),
         sqlite_autoincrement=True,
     )
     op.create_index("ix_jobq_attempts_job_id", "jobq_attempts", ["job_id"])

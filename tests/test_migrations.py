@@ -1,0 +1,252 @@
+"""Migrations: idempotent, equal to ``tables.py``, and safe when many processes start at once.
+
+Each test runs on both backends: a fresh SQLite file, or a fresh PostgreSQL database created on
+the session server (``pg_url``) and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.engine import make_url
+
+from jobq.settings import load_settings
+from jobq.store import SqlStore
+from jobq.store.engine import make_engine
+from jobq.store.migrate import (
+    VERSION_TABLE,
+    _config,
+    current_revision,
+    head_revision,
+    migrate,
+)
+from jobq.store.tables import metadata
+from jobq.types import JobState, NewJob
+
+TABLES = {"jobq_jobs", "jobq_attempts", "jobq_workers"}
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
+@pytest.fixture
+def fresh_url(db_url: str, tmp_path: Path) -> Iterator[Callable[[], str]]:
+    """A factory of empty databases of the backend under test (no schema at all)."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"jobq_mig_{uuid.uuid4().hex[:10]}"
+        if db_url.startswith("sqlite"):
+            return f"sqlite:///{tmp_path / (name + '.db')}"
+        with psycopg.connect(_plain(db_url), autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        url = make_url(db_url).set(database=name).render_as_string(hide_password=False)
+        return _plain(url)
+
+    yield make
+    if made:
+        with psycopg.connect(_plain(db_url), autocommit=True) as admin:
+            for name in made:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _engine(url: str) -> Engine:
+    return make_engine(load_settings(database_url=url, auto_migrate=False))
+
+
+def _version_rows(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))]
+
+
+def _diffs(engine: Engine) -> list[Any]:
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(
+            conn, opts={"compare_type": True, "version_table": VERSION_TABLE}
+        )
+        return compare_metadata(ctx, metadata)
+
+
+def _describe(engine: Engine) -> dict[str, Any]:
+    """Everything reflection can see of jobq's tables, in a comparable form.
+
+    Wider than compare_metadata: it also covers check constraints, the partial indexes' WHERE
+    clauses and sort orders, foreign-key options and column defaults.
+    """
+    insp = inspect(engine)
+    out: dict[str, Any] = {}
+    for table in sorted(TABLES):
+        out[table] = {
+            "columns": [
+                (c["name"], str(c["type"]), getattr(c["type"], "timezone", None), c["nullable"],
+                 c.get("default"))
+                for c in insp.get_columns(table)
+            ],
+            "pk": (insp.get_pk_constraint(table)["name"],
+                   insp.get_pk_constraint(table)["constrained_columns"]),
+            "checks": sorted((c["name"], c["sqltext"]) for c in insp.get_check_constraints(table)),
+            "uniques": sorted(
+                (c["name"], tuple(c["column_names"])) for c in insp.get_unique_constraints(table)
+            ),
+            "indexes": sorted(
+                (
+                    ix["name"],
+                    tuple(str(x) for x in (ix.get("expressions") or ix["column_names"])),
+                    bool(ix.get("unique")),
+                    repr(sorted((k, str(v)) for k, v in (ix.get("dialect_options") or {}).items())),
+                    repr(ix.get("column_sorting")),
+                )
+                for ix in insp.get_indexes(table)
+            ),
+            "fks": sorted(
+                (fk["name"], tuple(fk["constrained_columns"]), fk["referred_table"],
+                 tuple(fk["referred_columns"]), repr(sorted(fk["options"].items())))
+                for fk in insp.get_foreign_keys(table)
+            ),
+        }
+    return out
+
+
+def test_head_is_a_single_known_revision() -> None:
+    assert head_revision() == "0001"
+
+
+def test_migrate_twice_is_a_noop(fresh_url: Callable[[], str]) -> None:
+    engine = _engine(fresh_url())
+    try:
+        assert current_revision(engine) is None
+        assert not TABLES & set(inspect(engine).get_table_names())
+        migrate(engine)
+        assert current_revision(engine) == head_revision()
+        schema = _describe(engine)
+        store = SqlStore(engine)
+        job = store.enqueue(NewJob("echo", {"keep": "me"})).job
+
+        migrate(engine)
+        migrate(engine)
+
+        assert current_revision(engine) == head_revision()
+        assert _version_rows(engine) == [head_revision()]
+        assert _describe(engine) == schema
+        kept = store.get(job.id)
+        assert kept.payload == {"keep": "me"} and kept.state is JobState.PENDING
+    finally:
+        engine.dispose()
+
+
+def test_migrated_schema_matches_the_table_metadata(store: SqlStore) -> None:
+    assert TABLES <= set(inspect(store.engine).get_table_names())
+    assert _diffs(store.engine) == []
+
+
+def test_migrated_schema_equals_create_all(fresh_url: Callable[[], str]) -> None:
+    migrated, created = _engine(fresh_url()), _engine(fresh_url())
+    try:
+        migrate(migrated)
+        metadata.create_all(created)
+        a, b = _describe(migrated), _describe(created)
+        for table in sorted(TABLES):
+            for part in a[table]:
+                assert a[table][part] == b[table][part], (table, part)
+    finally:
+        migrated.dispose()
+        created.dispose()
+
+
+def test_check_constraints_are_enforced(store: SqlStore) -> None:
+    """The schema refuses what the code must never write (a second line of defence)."""
+    from sqlalchemy.exc import IntegrityError
+
+    job = store.enqueue(NewJob("echo", None, max_attempts=2)).job
+    for bad in ("state = 'bogus'", "attempts = 3", "attempts = -1"):
+        with pytest.raises(IntegrityError):
+            with store.engine.begin() as conn:
+                conn.execute(text(f"UPDATE jobq_jobs SET {bad} WHERE id = :id"), {"id": job.id})
+    assert store.get(job.id).state is JobState.PENDING
+
+
+def test_downgrade_to_base_and_up_again(fresh_url: Callable[[], str]) -> None:
+    engine = _engine(fresh_url())
+    try:
+        migrate(engine)
+        cfg = _config()
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "base")
+        assert current_revision(engine) is None
+        assert not TABLES & set(inspect(engine).get_table_names())
+        migrate(engine)
+        assert current_revision(engine) == head_revision()
+        assert _diffs(engine) == []
+    finally:
+        engine.dispose()
+
+
+_MIGRATE_AT_ONCE = """
+import os, sys, time
+from jobq.settings import load_settings
+from jobq.store.engine import make_engine
+from jobq.store.migrate import current_revision, migrate
+
+url, go = sys.argv[1], sys.argv[2]
+engine = make_engine(load_settings(database_url=url, auto_migrate=False))
+print("ready", flush=True)
+while not os.path.exists(go):  # start together, once every process has imported
+    time.sleep(0.002)
+migrate(engine)
+print(current_revision(engine), flush=True)
+engine.dispose()
+"""
+
+
+def test_eight_processes_migrate_at_once(fresh_url: Callable[[], str], tmp_path: Path) -> None:
+    url = fresh_url()
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _MIGRATE_AT_ONCE, url, str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            assert p.stdout.readline().strip() == "ready", p.stderr.read() if p.stderr else ""
+        go.touch()
+        outcomes = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (out, err) in zip(procs, outcomes):
+        assert p.returncode == 0, err
+        assert out.strip() == head_revision(), (out, err)
+
+    engine = _engine(url)
+    try:
+        assert current_revision(engine) == head_revision()
+        assert _version_rows(engine) == [head_revision()]
+        assert _diffs(engine) == []
+        store = SqlStore(engine)
+        assert store.enqueue(NewJob("echo", 1)).created
+        assert store.stats(60).jobs["pending"] == 1
+    finally:
+        engine.dispose()
+

@@ -1,0 +1,199 @@
+"""Settings: defaults, JOBQ_* environment parsing, and errors that name the variable."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from jobq.errors import ConfigError
+from jobq.settings import Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No JOBQ_* variable of the developer's shell leaks into these tests."""
+    for key in list(os.environ):
+        if key.upper().startswith("JOBQ_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults() -> None:
+    s = load_settings()
+    assert s.database_url == "sqlite:///jobq.db"
+    assert s.sqlalchemy_url == "sqlite:///jobq.db"
+    assert s.is_sqlite is True
+    assert s.max_attempts == 3
+    assert s.tasks == []
+    assert s.queues == ["default"]
+    assert s.lease_seconds == 30.0
+    assert s.heartbeat_interval_seconds is None
+    assert s.heartbeat_seconds == pytest.approx(10.0)
+    assert s.auto_migrate is True
+    assert (s.backoff_base_seconds, s.backoff_cap_seconds) == (1.0, 300.0)
+    assert (s.host, s.port, s.log_level) == ("127.0.0.1", 8000, "info")
+
+
+def test_env_values_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {
+        "JOBQ_DATABASE_URL": "postgresql://jobq:secret@db.example:5433/jobs",
+        "JOBQ_MAX_ATTEMPTS": "7",
+        "JOBQ_LEASE_SECONDS": "12.5",
+        "JOBQ_HEARTBEAT_INTERVAL_SECONDS": "2",
+        "JOBQ_CONCURRENCY": "32",
+        "JOBQ_AUTO_MIGRATE": "false",
+        "JOBQ_LOG_LEVEL": "DEBUG",
+        "JOBQ_PORT": "9090",
+        "JOBQ_BACKOFF_BASE_SECONDS": "0.5",
+        "JOBQ_BACKOFF_CAP_SECONDS": "60",
+        "JOBQ_SOMETHING_UNKNOWN": "ignored",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = load_settings()
+    assert s.database_url == "postgresql://jobq:secret@db.example:5433/jobs"
+    assert s.sqlalchemy_url == "postgresql+psycopg://jobq:secret@db.example:5433/jobs"
+    assert s.is_sqlite is False
+    assert s.max_attempts == 7
+    assert s.lease_seconds == 12.5
+    assert s.heartbeat_seconds == 2.0
+    assert s.concurrency == 32
+    assert s.auto_migrate is False
+    assert s.log_level == "debug"
+    assert s.port == 9090
+    assert (s.backoff_base_seconds, s.backoff_cap_seconds) == (0.5, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("myapp.tasks", ["myapp.tasks"]),
+        ("myapp.tasks,billing.jobs", ["myapp.tasks", "billing.jobs"]),
+        (" myapp.tasks , billing.jobs ,, ", ["myapp.tasks", "billing.jobs"]),
+        ("", []),
+    ],
+)
+def test_jobq_tasks_is_comma_separated(
+    monkeypatch: pytest.MonkeyPatch, raw: str, expected: list[str]
+) -> None:
+    monkeypatch.setenv("JOBQ_TASKS", raw)
+    assert load_settings().tasks == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("default", ["default"]),
+        ("high,default,low", ["high", "default", "low"]),
+        (" mail , reports.daily:v2 ", ["mail", "reports.daily:v2"]),
+    ],
+)
+def test_jobq_queues_is_comma_separated(
+    monkeypatch: pytest.MonkeyPatch, raw: str, expected: list[str]
+) -> None:
+    monkeypatch.setenv("JOBQ_QUEUES", raw)
+    assert load_settings().queues == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://u@h:5432/db", "postgresql+psycopg://u@h:5432/db"),
+        ("postgres://u:p@h/db", "postgresql+psycopg://u:p@h/db"),
+        ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("sqlite:///relative.db", "sqlite:///relative.db"),
+        ("sqlite:////abs/path.db", "sqlite:////abs/path.db"),
+    ],
+)
+def test_sqlalchemy_url(url: str, expected: str) -> None:
+    s = load_settings(database_url=url)
+    assert s.sqlalchemy_url == expected
+    assert s.is_sqlite is url.startswith("sqlite")
+
+
+def test_overrides_beat_the_environment_and_none_means_not_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("JOBQ_MAX_ATTEMPTS", "7")
+    monkeypatch.setenv("JOBQ_QUEUES", "a,b")
+    s = load_settings(max_attempts=5, queues=None)
+    assert s.max_attempts == 5
+    assert s.queues == ["a", "b"]
+    assert load_settings(queues="x,y").queues == ["x", "y"]
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("JOBQ_MAX_ATTEMPTS", "0"),
+        ("JOBQ_MAX_ATTEMPTS", "three"),
+        ("JOBQ_MAX_ATTEMPTS", "1001"),
+        ("JOBQ_LEASE_SECONDS", "0"),
+        ("JOBQ_LEASE_SECONDS", "-5"),
+        ("JOBQ_DATABASE_URL", "mysql://u@h/db"),
+        ("JOBQ_DATABASE_URL", "jobq.db"),
+        ("JOBQ_QUEUES", ""),
+        ("JOBQ_QUEUES", " , "),
+        ("JOBQ_QUEUES", "good,bad queue"),
+        ("JOBQ_QUEUES", "-dash"),
+        ("JOBQ_LOG_LEVEL", "verbose"),
+        ("JOBQ_PORT", "70000"),
+        ("JOBQ_CONCURRENCY", "0"),
+        ("JOBQ_AUTO_MIGRATE", "perhaps"),
+        ("JOBQ_DB_TIMEOUT_SECONDS", "0"),
+    ],
+)
+def test_bad_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert var in str(err.value)
+
+
+def test_every_bad_value_is_named_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBQ_MAX_ATTEMPTS", "0")
+    monkeypatch.setenv("JOBQ_LOG_LEVEL", "loud")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "JOBQ_MAX_ATTEMPTS" in str(err.value)
+    assert "JOBQ_LOG_LEVEL" in str(err.value)
+
+
+def test_queue_names_are_checked_when_given_as_a_list() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(queues=["ok", "trailing\n"])
+    assert "JOBQ_QUEUES" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"JOBQ_BACKOFF_BASE_SECONDS": "10", "JOBQ_BACKOFF_CAP_SECONDS": "5"},
+         ["JOBQ_BACKOFF_CAP_SECONDS", "JOBQ_BACKOFF_BASE_SECONDS"]),
+        ({"JOBQ_LEASE_SECONDS": "10", "JOBQ_HEARTBEAT_INTERVAL_SECONDS": "10"},
+         ["JOBQ_HEARTBEAT_INTERVAL_SECONDS", "JOBQ_LEASE_SECONDS"]),
+    ],
+)
+def test_inconsistent_values_name_the_variables(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], names: list[str]
+) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    for name in names:
+        assert name in str(err.value)
+
+
+def test_settings_are_frozen() -> None:
+    s = load_settings()
+    with pytest.raises(Exception):  # pydantic's ValidationError for a frozen model
+        s.max_attempts = 9  # type: ignore[misc]
+    assert s.max_attempts == 3
+
+
+def test_direct_construction_matches_load_settings() -> None:
+    assert Settings() == load_settings()
