@@ -198,6 +198,17 @@ Outcome = Success | Failure
 
 
 @dataclass(frozen=True)
+class WorkerRegistration:
+    """What a worker says about itself when it registers."""
+
+    id: str
+    host: str
+    pid: int
+    queues: tuple[str, ...]
+    concurrency: int
+
+
+@dataclass(frozen=True)
 class WorkerInfo:
     id: str
     host: str

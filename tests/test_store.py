@@ -1168,3 +1168,18 @@ def test_random_operations_keep_the_invariants(store: SqlStore) -> None:
     assert store.stats(60).jobs == {
         st.value: sum(1 for m in model.values() if m["state"] == st.value) for st in JobState
     }
+
+
+def test_heartbeat_with_registration_rewrites_a_pruned_worker_row(store: SqlStore) -> None:
+    from jobq.types import WorkerRegistration
+
+    reg = WorkerRegistration("w-zombie", "host-z", 4242, ("default", "mail"), 3)
+    store.register_worker(reg.id, reg.host, reg.pid, reg.queues, reg.concurrency)
+    assert store.prune_workers(-10) == 1  # as if it had been silent for too long
+    store.heartbeat(reg.id, [], 30)
+    assert store.stats(live_worker_seconds=60).workers == []
+    store.heartbeat(reg.id, [], 30, registration=reg)
+    (w,) = store.stats(live_worker_seconds=60).workers
+    assert (w.id, w.host, w.pid, w.queues) == ("w-zombie", "host-z", 4242, ("default", "mail"))
+    store.heartbeat(reg.id, [], 30, registration=reg)  # present: no second row
+    assert len(store.stats(live_worker_seconds=60).workers) == 1

@@ -169,3 +169,22 @@ def test_sigterm_finishes_short_jobs_and_releases_long_ones_without_charging(
     assert released.attempts == 0, "a released job must not be charged an attempt"
     assert [a.outcome for a in released.attempt_log] == [AttemptOutcome.RELEASED]
     assert store.stats(live_worker_seconds=60).workers == [], "the worker did not deregister"
+
+
+def test_cancelling_a_running_job_stops_its_handler_and_frees_the_slot(
+    store: SqlStore, db_url: str, procs: Procs
+) -> None:
+    # Heartbeats every 0.3 s: the worker learns of the cancel at its next one.
+    env = env_for(db_url, JOBQ_HEARTBEAT_INTERVAL_SECONDS="0.3")
+    worker = procs.worker(env, "--concurrency", "1")
+    long = store.enqueue(NewJob("sleep", 60)).job.id
+    wait_for(lambda: store.get(long).state is JobState.RUNNING, 20, "the sleep job to start")
+    store.cancel(long)
+    after = store.enqueue(NewJob("echo", "next")).job.id
+    # Concurrency 1: the next job can only run once the cancelled handler gave its slot back.
+    wait_for(lambda: store.get(after).state is JobState.DONE, 20, "the next job to run")
+    job = store.get(long)
+    assert job.state is JobState.CANCELLED and job.result is None
+    assert [a.outcome for a in job.attempt_log] == [AttemptOutcome.CANCELLED]
+    os.kill(worker.pid, signal.SIGTERM)
+    assert worker.wait(20) == 0

@@ -56,6 +56,7 @@ from jobq.types import (
     Page,
     Stats,
     WorkerInfo,
+    WorkerRegistration,
 )
 
 log = logging.getLogger("jobq.store")
@@ -450,16 +451,26 @@ class SqlStore:
         return released
 
     @_translate
-    def heartbeat(self, worker_id: str, tokens: Sequence[str], lease_seconds: float) -> set[str]:
+    def heartbeat(
+        self,
+        worker_id: str,
+        tokens: Sequence[str],
+        lease_seconds: float,
+        *,
+        registration: WorkerRegistration | None = None,
+    ) -> set[str]:
         """Extend the leases this worker still holds; return the tokens that are still valid.
 
         A token missing from the answer was rescued, cancelled or otherwise lost: the worker
-        must stop that job and expect its late writes to be refused.
+        must stop that job and expect its late writes to be refused. With ``registration``,
+        a worker row that was pruned meanwhile (the worker was frozen) is written again.
         """
         with self._write() as conn:
-            conn.execute(
+            seen = conn.execute(
                 update(workers).where(workers.c.id == worker_id).values(last_heartbeat_at=db_now())
-            )
+            ).rowcount
+            if not seen and registration is not None:
+                self._insert_worker(conn, registration)
             if not tokens:
                 return set()
             rows = conn.execute(
@@ -571,12 +582,18 @@ class SqlStore:
     ) -> None:
         with self._write() as conn:
             conn.execute(delete(workers).where(workers.c.id == worker_id))
-            conn.execute(
-                insert(workers).values(
-                    id=worker_id, host=host, pid=pid, queues=list(queues),
-                    concurrency=concurrency, started_at=db_now(), last_heartbeat_at=db_now(),
-                )
+            self._insert_worker(
+                conn, WorkerRegistration(worker_id, host, pid, tuple(queues), concurrency)
             )
+
+    @staticmethod
+    def _insert_worker(conn: Connection, reg: WorkerRegistration) -> None:
+        conn.execute(
+            insert(workers).values(
+                id=reg.id, host=reg.host, pid=reg.pid, queues=list(reg.queues),
+                concurrency=reg.concurrency, started_at=db_now(), last_heartbeat_at=db_now(),
+            )
+        )
 
     @_translate
     def deregister_worker(self, worker_id: str) -> None:

@@ -34,7 +34,15 @@ from jobq.registry import JobContext, TaskRegistry, load_registry
 from jobq.retry import Backoff
 from jobq.settings import Settings
 from jobq.store import SqlStore, open_store
-from jobq.types import ClaimedJob, Failure, JobState, Lease, Outcome, Success
+from jobq.types import (
+    ClaimedJob,
+    Failure,
+    JobState,
+    Lease,
+    Outcome,
+    Success,
+    WorkerRegistration,
+)
 from jobq.worker.executor import execute
 
 log = logging.getLogger("jobq.worker")
@@ -80,6 +88,10 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._hurry = False  # a second signal: skip the rest of the grace period
         self._last_heartbeat_ok = time.monotonic()
+        self.registration = WorkerRegistration(
+            self.worker_id, socket.gethostname(), os.getpid(), tuple(self.queues),
+            self.concurrency,
+        )
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -161,11 +173,12 @@ class Worker:
         return exit_code
 
     async def _register(self) -> None:
+        reg = self.registration
         while True:
             try:
                 await self._call(
-                    self.store.register_worker, self.worker_id, socket.gethostname(),
-                    os.getpid(), self.queues, self.concurrency,
+                    self.store.register_worker, reg.id, reg.host, reg.pid, reg.queues,
+                    reg.concurrency,
                 )
                 return
             except StoreUnavailable as exc:
@@ -293,7 +306,8 @@ class Worker:
         tokens = list(self._running)
         try:
             valid = await self._call(
-                self.store.heartbeat, self.worker_id, tokens, self.settings.lease_seconds
+                functools.partial(self.store.heartbeat, registration=self.registration),
+                self.worker_id, tokens, self.settings.lease_seconds,
             )
         except StoreUnavailable:
             if time.monotonic() - self._last_heartbeat_ok > self.settings.lease_seconds:
