@@ -145,3 +145,21 @@ def test_bad_setting_stops_the_program_with_a_message_naming_it(tmp_path: Path) 
     assert result.returncode == 2
     assert "JOBQ_MAX_ATTEMPTS" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_worker_processes_option_runs_n_workers_and_sigterm_stops_them(
+    db_url: str, procs: Procs, store
+) -> None:  # type: ignore[no-untyped-def]
+    from jobq.types import JobState, NewJob
+
+    sup = procs.start([sys.executable, "-m", "jobq", "worker", "--processes", "2",
+                       "--concurrency", "3"], env_for(db_url), "workers")
+    live = wait_for(lambda: len(w := store.stats(live_worker_seconds=60).workers) == 2 and w,
+                    30, "two live workers")
+    ids = [store.enqueue(NewJob("echo", i)).job.id for i in range(20)]
+    wait_for(lambda: all(store.get(i, with_attempts=False).state is JobState.DONE for i in ids),
+             30, "the jobs to be done")
+    os.kill(sup.pid, signal.SIGTERM)
+    assert sup.wait(30) == 0, procs.logs()
+    wait_for(lambda: all(_gone(w.pid) for w in live), 10, "the worker processes to exit")  # type: ignore[union-attr]
+    assert store.stats(live_worker_seconds=60).workers == []

@@ -221,10 +221,10 @@ class Worker:
     # -- fetch, execute, complete ------------------------------------------------------------
 
     async def _fetch(self) -> float:
+        self._slot_freed.clear()  # before counting, so a slot freed from now on wakes us
         free = (self.concurrency or 0) - len(self._running)
         if free <= 0:
             # Full: wait for a slot rather than poll.
-            self._slot_freed.clear()
             await self._sleep(self.settings.poll_interval_seconds, self._slot_freed)
             return 0.0
         claimed = await self._call(
