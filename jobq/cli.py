@@ -95,6 +95,7 @@ def up(
                          queues=queues, host=host, port=port)
     configure_logging(settings.log_level)
     _migrate(settings)
+    _check_open_api(settings)
     typer.echo(
         f"jobq up: API on http://{settings.host}:{settings.port} (docs at /docs), "
         f"{workers} worker process(es), database {settings.database_url}. Ctrl-C stops."
@@ -247,6 +248,156 @@ def stats(
         wt.add_row(w.id, w.host, str(w.pid), ",".join(w.queues),
                    w.last_heartbeat_at.strftime("%H:%M:%S"))
     console.print(wt)
+
+
+@app.command()
+def chaos(
+    campaigns: Annotated[Optional[list[str]], typer.Argument(
+        help="Campaign numbers (1-12); default: all, or the CI set with --reduced")] = None,
+    reduced: Annotated[bool, typer.Option("--reduced", help="Smaller counts; campaigns "
+                                          "1-4, 7 and 12 unless others are named")] = False,
+    pg_url: Annotated[str, typer.Option("--pg-url", envvar="JOBQ_TEST_POSTGRES_URL",
+                                        help="PostgreSQL server to create throw-away "
+                                        "databases on")] = "postgresql://postgres@127.0.0.1:5432/test",
+    out: Annotated[Optional[str], typer.Option("--out", help="Directory for logs")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Hard limit per campaign, "
+                                           "seconds")] = 420,
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+) -> None:
+    """Run fault campaigns against real processes and print each invariant's figure."""
+    from pathlib import Path
+
+    from jobq.chaos.campaigns import CAMPAIGNS
+    from jobq.chaos.runner import default_numbers, run
+
+    numbers = campaigns or default_numbers(reduced)
+    unknown = [n for n in numbers if n not in CAMPAIGNS]
+    if unknown:
+        typer.secho(f"jobq: unknown campaign(s) {unknown}; choose from 1-12", fg="red", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(run(numbers, pg_url, Path(out) if out else None, reduced, timeout, seed))
+
+
+# -- jobq keys: API keys ----------------------------------------------------------------------
+
+keys = typer.Typer(
+    help="API keys of the REST API: create, list, revoke. While no key exists the API is open "
+    "(and answers on loopback addresses only).",
+    no_args_is_help=True,
+)
+app.add_typer(keys, name="keys")
+
+
+def _check_open_api(settings: Settings) -> None:
+    from jobq.api_server import check_open_api
+
+    try:
+        check_open_api(settings)
+    except ConfigError as exc:
+        typer.secho(f"jobq: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    except JobqError as exc:
+        raise _fail(exc) from None
+
+
+def _key_json(key: Any) -> dict[str, Any]:
+    return {
+        "prefix": key.prefix, "name": key.name, "queues": list(key.queues),
+        "scopes": list(key.scopes), "created_at": key.created_at.isoformat(),
+        "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+    }
+
+
+@keys.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="What the key is for, e.g. 'billing app'")],
+    queue: Annotated[list[str], typer.Option(
+        "--queue", help="A queue the key may use (repeat for more); '*' for every queue")],
+    scope: Annotated[list[str], typer.Option(
+        "--scope", help="enqueue, read or admin (repeat for more); admin implies the others")],
+    database_url: DbUrl = None,
+) -> None:
+    """Create an API key and print its token, once: only a hash of it is kept."""
+    from jobq.service import JobService
+
+    settings = _settings(database_url=database_url)
+    try:
+        service = JobService.from_settings(settings)
+        try:
+            key, token = service.create_key(name, queue, scope)
+        finally:
+            service.close()
+    except JobqError as exc:
+        raise _fail(exc) from None
+    typer.echo(token)
+    typer.echo(
+        f"created API key {key.prefix} ({key.name!r}; queues {','.join(key.queues)}; scopes "
+        f"{','.join(key.scopes)}). The token above is shown only now: store it safely.",
+        err=True,
+    )
+
+
+@keys.command("list")
+def keys_list(
+    database_url: DbUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """List API keys (never their secrets), revoked ones included."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from jobq.service import JobService
+
+    settings = _settings(database_url=database_url)
+    try:
+        service = JobService.from_settings(settings)
+        try:
+            found = service.list_keys()
+        finally:
+            service.close()
+    except JobqError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps([_key_json(k) for k in found], indent=2))
+        return
+    table = Table(title=f"API keys ({sum(k.active for k in found)} active)")
+    table.add_column("prefix", no_wrap=True, min_width=12)
+    for col in ("name", "queues", "scopes", "created", "last used", "revoked"):
+        table.add_column(col, overflow="fold")
+    for k in found:
+        table.add_row(
+            k.prefix, k.name, ",".join(k.queues), ",".join(k.scopes),
+            *(t.strftime("%Y-%m-%d %H:%M") if t else "-"
+              for t in (k.created_at, k.last_used_at, k.revoked_at)),
+        )
+    Console().print(table)
+
+
+@keys.command("revoke")
+def keys_revoke(
+    prefix: Annotated[str, typer.Argument(help="The key's prefix (as `jobq keys list` shows)")],
+    database_url: DbUrl = None,
+) -> None:
+    """Revoke an API key; API processes refuse it within JOBQ_API_KEY_CACHE_SECONDS."""
+    from jobq.service import JobService
+
+    settings = _settings(database_url=database_url)
+    try:
+        service = JobService.from_settings(settings)
+        try:
+            key = service.revoke_key(prefix)
+            still_active = service.keys_configured()
+        finally:
+            service.close()
+    except JobqError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"revoked API key {key.prefix} ({key.name!r})")
+    if not still_active:
+        typer.secho(
+            "no active API key is left: the API is open again (on loopback addresses only, "
+            "unless JOBQ_ALLOW_OPEN_API=true)", fg="yellow", err=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,3 +62,59 @@ class InvalidCursor(JobqError):
 
 class StoreUnavailable(JobqError):
     """The database could not be reached or is overloaded; try again later."""
+
+
+# -- API keys ---------------------------------------------------------------------------------
+
+
+class Unauthorized(JobqError):
+    """No API key, or one that is unknown, malformed or revoked (HTTP 401)."""
+
+    def __init__(self, message: str, *, invalid_token: bool = False) -> None:
+        super().__init__(message)
+        #: A token was given but is not valid (RFC 6750 ``error="invalid_token"``).
+        self.invalid_token = invalid_token
+
+
+class Forbidden(JobqError):
+    """The caller is known but may not do this (HTTP 403)."""
+
+    def __init__(self, message: str, *, required_scope: str | None = None) -> None:
+        super().__init__(message)
+        self.required_scope = required_scope
+
+
+class RateLimited(JobqError):
+    """The key used up its request budget; it may try again after ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many requests for this API key; retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class QueueNotFound(JobqError):
+    """A queue the caller's key does not cover: for that key it does not exist (HTTP 404)."""
+
+    def __init__(self, queue: str) -> None:
+        super().__init__(f"queue {queue!r} does not exist for this API key")
+        self.queue = queue
+
+
+class KeyNotFound(JobqError):
+    def __init__(self, prefix: str) -> None:
+        super().__init__(f"no API key with prefix {prefix!r}")
+        self.prefix = prefix
+
+
+class InvalidKeySpec(JobqError, ValueError):
+    """An API key that jobq will not create; the message says why."""
+
+
+class HiddenIdempotencyConflict(IdempotencyConflict):
+    """The idempotency key is taken by a job in a queue that the caller may not see: the
+    conflict is reported without naming that job."""
+
+    def __init__(self, key: str) -> None:
+        JobqError.__init__(self, f"idempotency_key {key!r} is already in use by another job")
+        self.key = key
+        self.job_id = None  # type: ignore[assignment]

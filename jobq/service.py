@@ -3,10 +3,17 @@ retry, stats. It applies defaults and checks task names; the store does the rest
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
+from jobq.errors import (
+    HiddenIdempotencyConflict,
+    IdempotencyConflict,
+    JobNotFound,
+    QueueNotFound,
+)
+from jobq.keys import ApiKey, NewKey, hash_secret, new_token, prefix_of
 from jobq.registry import TaskRegistry, load_registry
 from jobq.settings import Settings
 from jobq.store import SqlStore, open_store
@@ -38,30 +45,49 @@ class JobService:
         run_at: datetime | None = None,
         delay_seconds: float | None = None,
         idempotency_key: str | None = None,
+        allowed_queues: Collection[str] | None = None,
     ) -> EnqueueResult:
         """Persist a job; it is durable when this returns.
 
         ``max_attempts`` defaults to the task's own, then to JOBQ_MAX_ATTEMPTS.
         Raises UnknownTask for a task_type that no registered handler has.
         """
+        if allowed_queues is not None and queue not in allowed_queues:
+            raise QueueNotFound(queue)
         task = self.registry.get(task_type)
         if max_attempts is None:
             max_attempts = task.max_attempts or self.settings.max_attempts
-        return self.store.enqueue(
-            NewJob(
-                task_type=task_type,
-                payload=payload,
-                queue=queue,
-                priority=priority,
-                max_attempts=max_attempts,
-                run_at=run_at,
-                delay_seconds=delay_seconds,
-                idempotency_key=idempotency_key,
-            )
+        new = NewJob(
+            task_type=task_type,
+            payload=payload,
+            queue=queue,
+            priority=priority,
+            max_attempts=max_attempts,
+            run_at=run_at,
+            delay_seconds=delay_seconds,
+            idempotency_key=idempotency_key,
         )
+        try:
+            return self.store.enqueue(new)
+        except IdempotencyConflict as exc:
+            # Idempotency keys are one namespace over all queues; a conflict with a job the
+            # caller may not see must not name that job.
+            if allowed_queues is not None and (
+                self.store.get(exc.job_id, with_attempts=False).queue not in allowed_queues
+            ):
+                raise HiddenIdempotencyConflict(exc.key) from None
+            raise
 
-    def get(self, job_id: int) -> Job:
-        return self.store.get(job_id)
+    # ``allowed_queues`` (where taken): the queues the caller may see, from its API key; None
+    # means every queue. A job or queue outside them does not exist for the caller
+    # (JobNotFound, QueueNotFound). A job never changes queue, so checking before acting
+    # leaves no gap.
+
+    def get(self, job_id: int, *, allowed_queues: Collection[str] | None = None) -> Job:
+        job = self.store.get(job_id)
+        if allowed_queues is not None and job.queue not in allowed_queues:
+            raise JobNotFound(job_id)
+        return job
 
     def list_jobs(
         self,
@@ -71,23 +97,76 @@ class JobService:
         task_type: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        allowed_queues: Collection[str] | None = None,
     ) -> Page:
+        if allowed_queues is not None:
+            if queue is not None and queue not in allowed_queues:
+                raise QueueNotFound(queue)
+            if queue is None:
+                return self.store.list_jobs_in_queues(
+                    sorted(allowed_queues), state=state, task_type=task_type, limit=limit,
+                    cursor=cursor,
+                )
         return self.store.list_jobs(
             state=state, queue=queue, task_type=task_type, limit=limit, cursor=cursor
         )
 
-    def cancel(self, job_id: int) -> Job:
+    def cancel(self, job_id: int, *, allowed_queues: Collection[str] | None = None) -> Job:
+        if allowed_queues is not None:
+            self._visible(job_id, allowed_queues)
         return self.store.cancel(job_id)
 
-    def retry(self, job_id: int) -> Job:
+    def retry(self, job_id: int, *, allowed_queues: Collection[str] | None = None) -> Job:
+        if allowed_queues is not None:
+            self._visible(job_id, allowed_queues)
         return self.store.retry(job_id)
 
-    def stats(self) -> Stats:
+    def _visible(self, job_id: int, queues: Collection[str]) -> None:
+        if self.store.get(job_id, with_attempts=False).queue not in queues:
+            raise JobNotFound(job_id)
+
+    def stats(self, *, allowed_queues: Collection[str] | None = None) -> Stats:
         # A worker counts as live while its heartbeat is younger than two leases.
-        return self.store.stats(live_worker_seconds=2 * self.settings.lease_seconds)
+        live = 2 * self.settings.lease_seconds
+        if allowed_queues is not None:
+            return self.store.stats_in_queues(sorted(allowed_queues), live_worker_seconds=live)
+        return self.store.stats(live_worker_seconds=live)
 
     def task_types(self) -> Sequence[str]:
         return self.registry.names()
 
     def ping(self) -> datetime:
         return self.store.ping()
+
+    # -- API keys ---------------------------------------------------------------------------
+
+    def create_key(
+        self, name: str, queues: Sequence[str], scopes: Sequence[str]
+    ) -> tuple[ApiKey, str]:
+        """Create a key; returns it with its token, which exists nowhere else afterwards.
+
+        Raises InvalidKeySpec for a bad name, queue or scope.
+        """
+        new = NewKey(name=name, queues=tuple(queues), scopes=tuple(scopes))
+        while True:  # a taken prefix (48 random bits) is drawn again
+            token = new_token()
+            key = self.store.create_api_key(new, token.prefix, hash_secret(token.secret))
+            if key is not None:
+                return key, str(token)
+
+    def list_keys(self) -> list[ApiKey]:
+        return self.store.list_api_keys()
+
+    def revoke_key(self, prefix_or_token: str) -> ApiKey:
+        """Revoke by prefix (a whole token works too). Raises KeyNotFound."""
+        return self.store.revoke_api_key(prefix_of(prefix_or_token))
+
+    def find_key(self, prefix: str) -> ApiKey | None:
+        return self.store.get_api_key(prefix)
+
+    def keys_configured(self) -> bool:
+        """Whether any key is active; with none, the API is open (see jobq/api/auth.py)."""
+        return self.store.has_active_api_keys()
+
+    def touch_key(self, key_id: int) -> None:
+        self.store.touch_api_key(key_id)

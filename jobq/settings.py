@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     heartbeat_interval_seconds: float | None = Field(
         None, gt=0, description="How often leases are renewed (default: lease/3)."
     )
+    heartbeat_enabled: bool = Field(
+        True, description="Renew leases while jobs run. Off only for fault tests (the negative "
+        "control of `jobq chaos`): a long job is then rescued while it still runs."
+    )
     rescue_interval_seconds: float = Field(
         5.0, gt=0, le=3600, description="How often a worker rescues expired leases."
     )
@@ -65,6 +69,23 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the API binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the API binds.")
     log_level: str = Field("info", description="debug, info, warning or error.")
+    allow_open_api: bool = Field(
+        False,
+        description="Serve the API on a non-loopback address while no API key exists "
+        "(every request is then allowed).",
+    )
+    api_key_cache_seconds: float = Field(
+        2.0, ge=0, le=60,
+        description="How long an API process trusts what it read about API keys; a revoked "
+        "or new key takes effect within this time.",
+    )
+    rate_limit_per_second: float = Field(
+        100.0, ge=0, le=1_000_000,
+        description="Requests per second per API key and API process (0: no limit).",
+    )
+    rate_limit_burst: int = Field(
+        200, ge=1, le=10_000_000, description="Requests an API key may make at once."
+    )
 
     @field_validator("tasks", "queues", mode="before")
     @classmethod

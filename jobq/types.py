@@ -24,7 +24,7 @@ import enum
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from jobq.errors import InvalidJob
@@ -35,6 +35,13 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 PRIORITY_RANGE = (-1000, 1000)  # higher runs first
 MAX_ATTEMPTS_RANGE = (1, 1000)
 MAX_DELAY_SECONDS = 366 * 86400
+#: Earliest and latest ``run_at``, in UTC. SQLite keeps times as float Unix seconds, whose
+#: rounding near the ends of Python's datetime range (years 1 and 9999) can land outside it, so
+#: a day of margin on each side; PostgreSQL's timestamptz holds the whole range.
+RUN_AT_RANGE = (
+    datetime(1, 1, 2, tzinfo=timezone.utc),
+    datetime(9999, 12, 30, tzinfo=timezone.utc),
+)
 
 
 class JobState(str, enum.Enum):
@@ -141,6 +148,8 @@ class NewJob:
                 raise InvalidJob(name, f"must match {NAME_PATTERN}")
         _in_range("priority", self.priority, *PRIORITY_RANGE)
         _in_range("max_attempts", self.max_attempts, *MAX_ATTEMPTS_RANGE)
+        if self.run_at is not None:
+            utc_run_at(self.run_at)
         if self.delay_seconds is not None:
             if self.run_at is not None:
                 raise InvalidJob("delay_seconds", "give run_at or delay_seconds, not both")
@@ -160,6 +169,23 @@ class NewJob:
             check_json_value(self.payload)
         except ValueError as exc:
             raise InvalidJob("payload", str(exc)) from None
+
+
+def utc_run_at(value: object) -> datetime:
+    """``value`` as an aware UTC datetime (naive means UTC); InvalidJob when it cannot be one."""
+    low, high = RUN_AT_RANGE
+    why = f"must be a datetime from {low.isoformat()} to {high.isoformat()}"
+    if not isinstance(value, datetime):
+        raise InvalidJob("run_at", why)
+    try:
+        utc = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else (
+            value.astimezone(timezone.utc)
+        )
+    except (OverflowError, ValueError):
+        raise InvalidJob("run_at", why) from None
+    if not low <= utc <= high:
+        raise InvalidJob("run_at", why)
+    return utc
 
 
 def _in_range(name: str, value: object, low: int, high: int) -> None:

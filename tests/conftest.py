@@ -62,7 +62,7 @@ def pg_url() -> Iterator[str]:
 
 def _truncate(url: str) -> None:
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as c:
-        c.execute("TRUNCATE jobq_jobs, jobq_attempts, jobq_workers RESTART IDENTITY CASCADE")
+        c.execute("TRUNCATE jobq_jobs, jobq_attempts, jobq_workers, jobq_api_keys RESTART IDENTITY CASCADE")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -34,7 +34,7 @@ from jobq.store.migrate import (
 from jobq.store.tables import metadata
 from jobq.types import JobState, NewJob
 
-TABLES = {"jobq_jobs", "jobq_attempts", "jobq_workers"}
+TABLES = {"jobq_jobs", "jobq_attempts", "jobq_workers", "jobq_api_keys"}
 
 
 def _plain(url: str) -> str:
@@ -121,7 +121,7 @@ def _describe(engine: Engine) -> dict[str, Any]:
 
 
 def test_head_is_a_single_known_revision() -> None:
-    assert head_revision() == "0001"
+    assert head_revision() == "0002"
 
 
 def test_migrate_twice_is_a_noop(fresh_url: Callable[[], str]) -> None:

@@ -6,10 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from starlette.exceptions import HTTPException
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import jobq
+from jobq.api.auth import Authenticator, OpenApiGuard
 from jobq.api.problems import install_problem_handlers, problem_response
 from jobq.api.routes import jobs, monitoring
 from jobq.service import JobService
@@ -23,13 +24,22 @@ A fault-tolerant, SQL-backed background job queue.
 
 Submit jobs with `POST /jobs`, follow them with `GET /jobs/{id}`, watch the queues with
 `GET /stats`. Every error is an RFC 9457 problem (`application/problem+json`).
+
+Once an API key exists (`jobq keys create`), every route but `/healthz` and the docs needs
+`Authorization: Bearer <token>`; a key sees only the jobs of its queues.
 """
 
 
 class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` with a 413 problem.
+    """Refuse request bodies over ``max_bytes`` with a 413 problem, before the app runs.
 
-    (FastAPI's own ``max_body_size`` answers a too-large Content-Length in plain text.)
+    A declared Content-Length over the limit is refused without reading a byte. Any other body
+    (chunked, or streamed without a length) is read here, up to the limit, before any route or
+    dependency sees the request, so a route that never reads its body cannot be made to act on
+    an oversized request either. What follows the limit is never buffered: after the 413,
+    uvicorn discards the rest of the body and keeps the connection, so a client that sends
+    its whole body before reading the answer still gets the 413 (closing instead would reset
+    the connection under it). FastAPI's own ``max_body_size`` answers in plain text.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -44,25 +54,32 @@ class BodyLimit:
         if declared.isdigit() and int(declared) > self.max_bytes:
             await self._too_large(scope)(scope, receive, send)
             return
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
+        body = bytearray()
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    # Raised inside the route's body read; the problem handlers answer it.
-                    raise HTTPException(413, self._detail())
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away before its body ended: nobody to answer
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await self._too_large(scope)(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        await self.app(scope, limited, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # http.disconnect, for whoever waits for it
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
-    def _detail(self) -> str:
-        return f"the request body is larger than {self.max_bytes} bytes"
+        await self.app(scope, replay, send)
 
     def _too_large(self, scope: Scope) -> ASGIApp:
-        return problem_response(Request(scope), 413, detail=self._detail())
+        return problem_response(
+            Request(scope), 413, detail=f"the request body is larger than {self.max_bytes} bytes"
+        )
 
 
 def create_app(settings: Settings | None = None, service: JobService | None = None) -> FastAPI:
@@ -80,9 +97,12 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
             settings if settings is not None else load_settings()
         )
         app.state.service = svc
+        app.state.auth = Authenticator(svc)
+        await run_in_threadpool(app.state.auth.announce)
         try:
             yield
         finally:
+            app.state.auth = None
             app.state.service = None
             if owned:
                 svc.close()
@@ -94,6 +114,7 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(OpenApiGuard)  # added last, so it runs first
     install_problem_handlers(app)
     app.include_router(jobs)
     app.include_router(monitoring)

@@ -7,7 +7,7 @@ names the field, never a driver error half-way through an insert.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -19,7 +19,8 @@ from pydantic import (
     model_validator,
 )
 
-from jobq.jsonvalue import MAX_PAYLOAD_DEPTH, check_json_value, text_problem
+from jobq.errors import InvalidJob
+from jobq.jsonvalue import LIMITS, check_json_value, text_problem
 from jobq.types import (
     MAX_ATTEMPTS_RANGE,
     MAX_DELAY_SECONDS,
@@ -27,6 +28,7 @@ from jobq.types import (
     PRIORITY_RANGE,
     AttemptOutcome,
     JobState,
+    utc_run_at,
 )
 
 PRIORITY_MIN, PRIORITY_MAX = PRIORITY_RANGE
@@ -55,7 +57,7 @@ class _JobSpec(BaseModel):
     run_at: datetime | None = Field(
         None,
         description="Earliest start, ISO 8601; a time without offset is UTC. "
-        "Excludes delay_seconds.",
+        "From 0001-01-02 to 9999-12-30 (UTC). Excludes delay_seconds.",
     )
     delay_seconds: float | None = Field(
         None,
@@ -89,12 +91,10 @@ class _JobSpec(BaseModel):
     def _utc(cls, value: datetime | None) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
         try:
-            return value.astimezone(timezone.utc)
-        except OverflowError:
-            raise ValueError("is out of range") from None
+            return utc_run_at(value)  # NewJob's own rule, so the two cannot disagree
+        except InvalidJob as exc:
+            raise ValueError(exc.problem) from None
 
     @field_validator("idempotency_key")
     @classmethod
@@ -134,14 +134,38 @@ class EnqueueRequest(_JobSpec):
     task_type: Name = Field(description="Name of a registered task.", examples=["test"])
     payload: Any = Field(
         None,
-        description="Any JSON value, handed to the task. Nested at most "
-        f"{MAX_PAYLOAD_DEPTH} levels deep.",
+        description=(
+            "Any JSON value, handed to the task. At most "
+            f"{LIMITS.max_depth} levels deep, {LIMITS.max_nodes} values in all, "
+            f"{LIMITS.max_keys} keys per object, {LIMITS.max_string_chars} characters per "
+            f"string or key, integers of at most {LIMITS.max_int_digits} digits; no NaN, "
+            "Infinity, NUL characters or lone surrogates."
+        ),
     )
 
     @field_validator("payload")
     @classmethod
     def _storable(cls, value: Any) -> Any:
         check_json_value(value)
+        return value
+
+    # The body is JSON, so each field must have the JSON type the schema declares: lax
+    # validation would take "5" for 5, true for a delay of 1 s, and a number for run_at (read
+    # as Unix seconds, so a client sending milliseconds would get a date in the year 55000).
+    # The query form, where every value is a string, converts as usual.
+
+    @field_validator("priority", "max_attempts", "delay_seconds", mode="before")
+    @classmethod
+    def _json_number(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError("must be a JSON number")
+        return value
+
+    @field_validator("run_at", mode="before")
+    @classmethod
+    def _json_time_string(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str):
+            raise ValueError("must be an ISO 8601 string, such as 2030-01-31T12:00:00Z")
         return value
 
 
@@ -158,9 +182,7 @@ class EnqueueQuery(_JobSpec):
     @field_validator("payload")
     @classmethod
     def _storable(cls, value: str | None) -> str | None:
-        why = text_problem(value) if value is not None else None
-        if why:
-            raise ValueError(why)
+        check_json_value(value)
         return value
 
 

@@ -19,13 +19,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobq.api.models import Problem
 from jobq.errors import (
+    Forbidden,
     IdempotencyConflict,
     InvalidCursor,
     InvalidJob,
+    InvalidKeySpec,
     InvalidTransition,
     JobNotFound,
     JobqError,
+    KeyNotFound,
+    QueueNotFound,
+    RateLimited,
     StoreUnavailable,
+    Unauthorized,
     UnknownTask,
 )
 
@@ -48,15 +54,27 @@ _DOMAIN: dict[type[JobqError], tuple[int, str, str]] = {
     InvalidCursor: (422, "invalid-cursor", "Invalid cursor"),
     InvalidJob: (422, "invalid-job", "Invalid job"),
     StoreUnavailable: (503, "store-unavailable", "Database unavailable"),
+    Unauthorized: (401, "unauthorized", "Authentication required"),
+    Forbidden: (403, "forbidden", "Forbidden"),
+    RateLimited: (429, "rate-limited", "Too many requests"),
+    QueueNotFound: (404, "queue-not-found", "Queue not found"),
+    KeyNotFound: (404, "key-not-found", "API key not found"),
+    InvalidKeySpec: (422, "invalid-key", "Invalid API key"),
 }
+
+#: The ``WWW-Authenticate`` challenge of every 401 (RFC 6750).
+BEARER_CHALLENGE = 'Bearer realm="jobq"'
 
 #: The statuses each route may answer with a problem, for the OpenAPI document.
 _DESCRIPTIONS = {
     400: "The request body could not be read.",
-    404: "No such job.",
+    401: "No valid API key: send `Authorization: Bearer <token>`.",
+    403: "The API key lacks the scope this request needs.",
+    404: "No such job, or a job or queue outside the API key's queues.",
     409: "The job's state or the idempotency key forbids this request.",
     413: "The request body is too large.",
     422: "The request is invalid; `errors` lists each problem with its location.",
+    429: "The API key made too many requests; retry after `Retry-After` seconds.",
     503: "The database is unavailable; retry after `Retry-After` seconds.",
 }
 
@@ -137,7 +155,8 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, UnknownTask):
         extensions["known_task_types"] = list(exc.known)
     elif isinstance(exc, IdempotencyConflict):
-        extensions["job_id"] = exc.job_id
+        if exc.job_id is not None:  # None: the job is in a queue the caller may not see
+            extensions["job_id"] = exc.job_id
     elif isinstance(exc, InvalidTransition):
         extensions.update(job_id=exc.job_id, state=str(exc.state))
     elif isinstance(exc, JobNotFound):
@@ -147,6 +166,18 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
         detail = "the database is unavailable; try again later"
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    elif isinstance(exc, Unauthorized):
+        challenge = BEARER_CHALLENGE
+        if exc.invalid_token:
+            challenge += ', error="invalid_token"'
+        headers = {"WWW-Authenticate": challenge}
+    elif isinstance(exc, Forbidden):
+        if exc.required_scope is not None:
+            extensions["required_scope"] = exc.required_scope
+    elif isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(exc.retry_after)}
+    elif isinstance(exc, QueueNotFound):
+        extensions["queue"] = exc.queue
     return problem_response(
         request, status, type_=slug, title=title, detail=detail, headers=headers, **extensions
     )

@@ -7,11 +7,12 @@ and the event loop never waits on the database.
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
+from jobq.api.auth import Admin, Enqueuer, Reader
 from jobq.api.models import (
     EnqueueQuery,
     EnqueueRequest,
@@ -44,6 +45,26 @@ def get_service(request: Request) -> JobService:
 
 
 Service = Annotated[JobService, Depends(get_service)]
+
+
+def only_query_params(*names: str) -> Any:
+    """A dependency that refuses query parameters other than ``names``, naming each (422).
+
+    A misspelt filter (``GET /jobs?stat=failed``) would otherwise be ignored, and the answer
+    would list every job as if the filter had matched them all.
+    """
+    known = frozenset(names)
+
+    def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - known)
+        if unknown:
+            raise RequestValidationError([
+                {"type": "extra_forbidden", "loc": ("query", name),
+                 "msg": "Extra inputs are not permitted"}
+                for name in unknown
+            ])
+
+    return Depends(check)
 JobId = Annotated[int, Path(ge=1, le=MAX_JOB_ID, description="The job's id.")]
 
 jobs = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -62,11 +83,12 @@ monitoring = APIRouter(tags=["monitoring"])
     ),
     responses={
         200: {"model": JobOut, "description": "Repeated request: the job it created before."},
-        **problem_responses(400, 409, 413, 422, 503),
+        **problem_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
     },
 )
 def submit_job(
     service: Service,
+    caller: Enqueuer,
     response: Response,
     query: Annotated[EnqueueQuery, Query()],
     body: Annotated[EnqueueRequest | None, Body()] = None,
@@ -99,6 +121,7 @@ def submit_job(
         run_at=spec.run_at,
         delay_seconds=spec.delay_seconds,
         idempotency_key=spec.idempotency_key,
+        allowed_queues=caller.allowed_queues,
     )
     if not result.created:
         response.status_code = 200
@@ -109,10 +132,12 @@ def submit_job(
     "",
     summary="List jobs",
     description="Newest first, filtered; page on with `cursor` = the previous `next_cursor`.",
-    responses=problem_responses(422, 503),
+    responses=problem_responses(401, 403, 404, 422, 429, 503),
 )
 def list_jobs(
     service: Service,
+    caller: Reader,
+    _: Annotated[None, only_query_params("state", "queue", "task_type", "limit", "cursor")],
     state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
     queue: Annotated[
         str | None, Query(pattern=NAME_PATTERN, description="Only jobs of this queue.")
@@ -127,7 +152,8 @@ def list_jobs(
     ] = None,
 ) -> JobPage:
     page = service.list_jobs(
-        state=state, queue=queue, task_type=task_type, limit=limit, cursor=cursor
+        state=state, queue=queue, task_type=task_type, limit=limit, cursor=cursor,
+        allowed_queues=caller.allowed_queues,
     )
     return JobPage(
         items=[JobOut.model_validate(job) for job in page.items], next_cursor=page.next_cursor
@@ -138,10 +164,10 @@ def list_jobs(
     "/{job_id}",
     summary="Get a job",
     description="The job with every attempt it has made.",
-    responses=problem_responses(404, 422, 503),
+    responses=problem_responses(401, 403, 404, 422, 429, 503),
 )
-def get_job(service: Service, job_id: JobId) -> JobDetail:
-    return JobDetail.model_validate(service.get(job_id))
+def get_job(service: Service, caller: Reader, job_id: JobId) -> JobDetail:
+    return JobDetail.model_validate(service.get(job_id, allowed_queues=caller.allowed_queues))
 
 
 @jobs.post(
@@ -151,30 +177,30 @@ def get_job(service: Service, job_id: JobId) -> JobDetail:
         "pending or running → cancelled (a running handler is asked to stop). "
         "Cancelling a cancelled job returns it unchanged; a done or failed job is a 409."
     ),
-    responses=problem_responses(404, 409, 422, 503),
+    responses=problem_responses(401, 403, 404, 409, 422, 429, 503),
 )
-def cancel_job(service: Service, job_id: JobId) -> JobOut:
-    return JobOut.model_validate(service.cancel(job_id))
+def cancel_job(service: Service, caller: Admin, job_id: JobId) -> JobOut:
+    return JobOut.model_validate(service.cancel(job_id, allowed_queues=caller.allowed_queues))
 
 
 @jobs.post(
     "/{job_id}/retry",
     summary="Retry a job",
     description="failed or cancelled → pending, with a fresh budget of attempts; else a 409.",
-    responses=problem_responses(404, 409, 422, 503),
+    responses=problem_responses(401, 403, 404, 409, 422, 429, 503),
 )
-def retry_job(service: Service, job_id: JobId) -> JobOut:
-    return JobOut.model_validate(service.retry(job_id))
+def retry_job(service: Service, caller: Admin, job_id: JobId) -> JobOut:
+    return JobOut.model_validate(service.retry(job_id, allowed_queues=caller.allowed_queues))
 
 
 @monitoring.get(
     "/stats",
     summary="Queue statistics",
     description="Jobs per state overall and per queue, live workers, and throughput.",
-    responses=problem_responses(503),
+    responses=problem_responses(401, 403, 429, 503),
 )
-def stats(service: Service) -> StatsOut:
-    s = service.stats()
+def stats(service: Service, caller: Reader) -> StatsOut:
+    s = service.stats(allowed_queues=caller.allowed_queues)
     return StatsOut(
         jobs=StateCounts(**s.jobs),
         queues={name: StateCounts(**counts) for name, counts in s.queues.items()},

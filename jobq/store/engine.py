@@ -51,9 +51,10 @@ def _sqlite_engine(settings: Settings) -> Engine:
         cur = dbapi_conn.cursor()
         # WAL: readers never block the writer. FULL: a committed job survives power loss, not
         # only a killed process. busy_timeout: wait for the write lock instead of failing.
+        # busy_timeout first: switching to WAL needs a lock that a migrating process may hold.
+        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
-        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 

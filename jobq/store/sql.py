@@ -39,11 +39,13 @@ from jobq.errors import (
     InvalidCursor,
     InvalidTransition,
     JobNotFound,
+    KeyNotFound,
     StoreUnavailable,
 )
+from jobq.keys import ApiKey, NewKey
 from jobq.store.engine import READ_ONLY
 from jobq.store.exprs import db_now, new_token, seconds_from_now
-from jobq.store.tables import attempts, jobs, workers
+from jobq.store.tables import api_keys, attempts, jobs, workers
 from jobq.types import (
     Attempt,
     AttemptOutcome,
@@ -442,7 +444,8 @@ class SqlStore:
                     update(jobs)
                     .where(self._guard(lease))
                     .values(
-                        state=PENDING, attempts=jobs.c.attempts - 1, run_at=db_now(), **_NO_LEASE
+                        # run_at stays: the job was due already and keeps its place in line.
+                        state=PENDING, attempts=jobs.c.attempts - 1, **_NO_LEASE
                     )
                 ).rowcount
                 if changed:
@@ -503,7 +506,8 @@ class SqlStore:
                        jobs.c.lease_expires_at < db_now())
                 .values(
                     state=case((spent, FAILED), else_=PENDING),
-                    run_at=case((spent, jobs.c.run_at), else_=db_now()),
+                    # run_at stays: a rescued job was due already, so it goes back to the
+                    # head of the line rather than behind everything enqueued since.
                     finished_at=case((spent, db_now()), else_=None),
                     last_error="lease expired: the worker stopped heartbeating",
                     **_NO_LEASE,
@@ -649,6 +653,177 @@ class SqlStore:
                 )
                 for w in worker_rows
             ],
+            oldest_pending_age_seconds=(
+                max((now - oldest).total_seconds(), 0.0) if oldest is not None else None
+            ),
+            finished_last_minute=finished,
+        )
+
+    # -- API keys and queue-scoped reads ----------------------------------------------------
+    # Everything an API key needs: the keys themselves, and the reads of GET /jobs and
+    # GET /stats limited to the queues a key covers.
+
+    @staticmethod
+    def _api_key(row: Any) -> ApiKey:
+        m = row._mapping
+        return ApiKey(
+            id=m["id"],
+            name=m["name"],
+            prefix=m["prefix"],
+            queues=tuple(m["queues"]),
+            scopes=tuple(m["scopes"]),
+            created_at=m["created_at"],
+            revoked_at=m["revoked_at"],
+            last_used_at=m["last_used_at"],
+            secret_hash=m["secret_hash"],
+        )
+
+    @_translate
+    def create_api_key(self, new: NewKey, prefix: str, secret_hash: str) -> ApiKey | None:
+        """Store a key; None when ``prefix`` is taken already (the caller draws another)."""
+        dialect_insert = pg_dialect.insert if self.dialect == "postgresql" else sqlite_dialect.insert
+        stmt = (
+            dialect_insert(api_keys)
+            .values(
+                name=new.name, prefix=prefix, secret_hash=secret_hash, queues=list(new.queues),
+                scopes=list(new.scopes), created_at=db_now(),
+            )
+            .on_conflict_do_nothing(index_elements=[api_keys.c.prefix])
+            .returning(*api_keys.c)
+        )
+        with self._write() as conn:
+            row = conn.execute(stmt).first()
+        return self._api_key(row) if row is not None else None
+
+    @_translate
+    def get_api_key(self, prefix: str) -> ApiKey | None:
+        """The key with this prefix, revoked or not; None when there is none."""
+        with self._read() as conn:
+            row = conn.execute(select(api_keys).where(api_keys.c.prefix == prefix)).first()
+        return self._api_key(row) if row is not None else None
+
+    @_translate
+    def list_api_keys(self) -> list[ApiKey]:
+        """Every key, revoked ones included, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(select(api_keys).order_by(api_keys.c.id)).all()
+        return [self._api_key(r) for r in rows]
+
+    @_translate
+    def has_active_api_keys(self) -> bool:
+        with self._read() as conn:
+            found = conn.execute(
+                select(api_keys.c.id).where(api_keys.c.revoked_at.is_(None)).limit(1)
+            ).first()
+        return found is not None
+
+    @_translate
+    def revoke_api_key(self, prefix: str) -> ApiKey:
+        """Mark the key revoked (from the database's now). Revoking it again changes nothing."""
+        with self._write() as conn:
+            row = conn.execute(
+                update(api_keys)
+                .where(api_keys.c.prefix == prefix, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=db_now())
+                .returning(*api_keys.c)
+            ).first()
+            if row is None:
+                row = conn.execute(select(api_keys).where(api_keys.c.prefix == prefix)).first()
+        if row is None:
+            raise KeyNotFound(prefix)
+        return self._api_key(row)
+
+    @_translate
+    def touch_api_key(self, key_id: int, every_seconds: float = 60.0) -> None:
+        """Record that the key was used; writes at most once per ``every_seconds``."""
+        with self._write() as conn:
+            conn.execute(
+                update(api_keys)
+                .where(
+                    api_keys.c.id == key_id,
+                    api_keys.c.revoked_at.is_(None),
+                    (api_keys.c.last_used_at.is_(None))
+                    | (api_keys.c.last_used_at < seconds_from_now(-every_seconds)),
+                )
+                .values(last_used_at=db_now())
+            )
+
+    @_translate
+    def list_jobs_in_queues(
+        self,
+        queues: Sequence[str],
+        *,
+        state: JobState | None = None,
+        task_type: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """As ``list_jobs``, of the jobs in any of ``queues`` only."""
+        stmt = (
+            select(jobs)
+            .where(jobs.c.queue.in_(list(queues)))
+            .order_by(jobs.c.id.desc())
+            .limit(limit + 1)
+        )
+        if state is not None:
+            stmt = stmt.where(jobs.c.state == JobState(state).value)
+        if task_type is not None:
+            stmt = stmt.where(jobs.c.task_type == task_type)
+        if cursor is not None:
+            stmt = stmt.where(jobs.c.id < decode_cursor(cursor))
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
+        items = [_job(r) for r in rows[:limit]]
+        next_cursor = encode_cursor(items[-1].id) if len(rows) > limit and items else None
+        return Page(items=items, next_cursor=next_cursor)
+
+    @_translate
+    def stats_in_queues(self, queues: Sequence[str], live_worker_seconds: float) -> Stats:
+        """As ``stats``, of ``queues`` only: their jobs, and the live workers that serve one of
+        them (each listed with those of its queues only)."""
+        wanted = list(queues)
+        in_queues = jobs.c.queue.in_(wanted)
+        with self._read() as conn:
+            counts = conn.execute(
+                select(jobs.c.queue, jobs.c.state, func.count())
+                .where(in_queues)
+                .group_by(jobs.c.queue, jobs.c.state)
+            ).all()
+            oldest = conn.execute(
+                select(func.min(jobs.c.run_at)).where(
+                    in_queues, jobs.c.state == PENDING, jobs.c.run_at <= db_now()
+                )
+            ).scalar()
+            now = conn.execute(select(db_now())).scalar_one()
+            finished = conn.execute(
+                select(func.count()).where(
+                    in_queues, jobs.c.finished_at >= seconds_from_now(-60)
+                )
+            ).scalar_one()
+            worker_rows = conn.execute(
+                select(workers)
+                .where(workers.c.last_heartbeat_at >= seconds_from_now(-live_worker_seconds))
+                .order_by(workers.c.started_at)
+            ).all()
+        totals = {s.value: 0 for s in JobState}
+        # Each of the caller's queues is listed, with zeros when it has no jobs.
+        per_queue = {q: {s.value: 0 for s in JobState} for q in wanted}
+        for queue, state, n in counts:
+            totals[state] = totals.get(state, 0) + n
+            per_queue[queue][state] = n
+        live = []
+        for w in worker_rows:
+            # Workers' queue lists are JSON, so they are matched here rather than in SQL.
+            shared = tuple(q for q in w.queues if q in wanted)
+            if shared:
+                live.append(WorkerInfo(
+                    id=w.id, host=w.host, pid=w.pid, queues=shared,
+                    started_at=w.started_at, last_heartbeat_at=w.last_heartbeat_at,
+                ))
+        return Stats(
+            jobs=totals,
+            queues=dict(sorted(per_queue.items())),
+            workers=live,
             oldest_pending_age_seconds=(
                 max((now - oldest).total_seconds(), 0.0) if oldest is not None else None
             ),

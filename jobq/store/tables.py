@@ -186,3 +186,20 @@ workers = Table(
     Column("started_at", Timestamp, nullable=False),
     Column("last_heartbeat_at", Timestamp, nullable=False),
 )
+
+# API keys. Only a SHA-256 of each key's secret is kept (see jobq/keys.py for why a fast hash
+# is enough); ``prefix`` is the public half of the token, by which a request's key is found.
+api_keys = Table(
+    "jobq_api_keys",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False),
+    Column("prefix", String(32), nullable=False, unique=True),
+    Column("secret_hash", String(64), nullable=False),
+    Column("queues", JsonValue, nullable=False),  # ["*"] for every queue
+    Column("scopes", JsonValue, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("last_used_at", Timestamp, nullable=True),
+    Column("revoked_at", Timestamp, nullable=True),
+    sqlite_autoincrement=True,
+)

@@ -151,10 +151,14 @@ class Worker:
             self.worker_id, ",".join(self.queues or []), self.concurrency,
         )
         fetcher = asyncio.create_task(self._loop("fetch", self._fetch, self._stopping))
-        side = [
-            asyncio.create_task(self._loop("heartbeat", self._heartbeat, self._stopped)),
-            asyncio.create_task(self._loop("rescue", self._rescue, self._stopped)),
-        ]
+        side = [asyncio.create_task(self._loop("rescue", self._rescue, self._stopped))]
+        if self.settings.heartbeat_enabled:
+            side.append(
+                asyncio.create_task(self._loop("heartbeat", self._heartbeat, self._stopped))
+            )
+        else:
+            log.warning("heartbeats are OFF (JOBQ_HEARTBEAT_ENABLED=false): long jobs will be "
+                        "rescued while they run; use this only to test jobq itself")
         stopping = asyncio.create_task(self._stopping.wait())
         done, _ = await asyncio.wait([fetcher, stopping, *side], return_when="FIRST_COMPLETED")
         exit_code = 0

@@ -1,0 +1,326 @@
+"""Who is calling, and what they may do: API keys for the HTTP API.
+
+The rules, in the order a request meets them:
+
+1. **Open mode.** While the database holds no active key, every request is allowed, and the
+   API only answers on a loopback address: :class:`OpenApiGuard` refuses, with a 403 problem,
+   any request that reached a non-loopback server address, unless ``JOBQ_ALLOW_OPEN_API=true``.
+   Creating the first key closes the API within ``JOBQ_API_KEY_CACHE_SECONDS``.
+2. **401** when keys exist and the request has no ``Authorization: Bearer <token>``, or its
+   token is malformed, unknown or revoked; always with ``WWW-Authenticate: Bearer realm="jobq"``.
+3. **429** with ``Retry-After`` when the key has spent its budget (a token bucket per key and
+   per API process: ``JOBQ_RATE_LIMIT_PER_SECOND`` refill, ``JOBQ_RATE_LIMIT_BURST`` size).
+4. **403** when the key lacks the scope the route needs: ``read`` (GET /jobs, GET /jobs/{id},
+   GET /stats), ``enqueue`` (POST /jobs), ``admin`` (cancel, retry; implies the other two).
+5. **404** for every job or queue outside the key's queues: such a job or queue does not exist
+   for the key, whether it exists or not (the service applies this; see ``allowed_queues``).
+
+What an API process reads about keys it trusts for ``JOBQ_API_KEY_CACHE_SECONDS`` (default 2 s):
+a revoked key stops working, and a new first key closes an open API, within that time. Answers
+for unknown prefixes are kept just as long, never longer; database errors are never kept.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from jobq.api.problems import RETRY_AFTER_SECONDS, problem_response
+from jobq.errors import Forbidden, RateLimited, StoreUnavailable, Unauthorized
+from jobq.keys import ADMIN, ENQUEUE, READ, ApiKey, parse_token
+from jobq.service import JobService
+
+log = logging.getLogger("jobq.api")
+
+#: Most key lookups an API process remembers; beyond it, the cache is emptied.
+MAX_CACHED_KEYS = 10_000
+
+Clock = Callable[[], float]
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (an address, or ``localhost``) can only be reached from this machine."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False  # a name or a Unix socket path: not known to be loopback
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+OPEN_API_REFUSAL = (
+    "no API key exists, so the API is open and answers only on a loopback address; "
+    "create a key with `jobq keys create`, or set JOBQ_ALLOW_OPEN_API=true to serve "
+    "it open on other addresses"
+)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The API key behind a request; ``key`` is None in open mode (everything allowed)."""
+
+    key: ApiKey | None
+
+    @property
+    def allowed_queues(self) -> frozenset[str] | None:
+        """The queues the caller may see and use; None for every queue."""
+        if self.key is None or self.key.all_queues:
+            return None
+        return frozenset(self.key.queues)
+
+    def require(self, scope: str) -> None:
+        if self.key is not None and not self.key.grants(scope):
+            raise Forbidden(
+                f"this API key (prefix {self.key.prefix}) lacks the {scope!r} scope",
+                required_scope=scope,
+            )
+
+
+class RateLimiter:
+    """A token bucket per key: ``burst`` requests at once, refilled at ``per_second``.
+
+    In memory, so per API process: with N API processes a key gets N times the rate.
+    """
+
+    def __init__(self, per_second: float, burst: int, clock: Clock = time.monotonic) -> None:
+        self.per_second = per_second
+        self.burst = float(burst)
+        self.clock = clock
+        self._buckets: dict[int, tuple[float, float]] = {}  # key id -> (tokens, when)
+        self._lock = threading.Lock()
+
+    def take(self, key_id: int) -> int | None:
+        """Spend one request; None when allowed, else the whole seconds to wait."""
+        if self.per_second <= 0:
+            return None
+        now = self.clock()
+        with self._lock:
+            tokens, then = self._buckets.get(key_id, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - then) * self.per_second)
+            if tokens >= 1:
+                self._buckets[key_id] = (tokens - 1, now)
+                return None
+            self._buckets[key_id] = (tokens, now)
+        return max(1, math.ceil((1 - tokens) / self.per_second))
+
+
+class Authenticator:
+    """Resolves tokens to keys for one API process, remembering answers for a short time."""
+
+    def __init__(self, service: JobService, clock: Clock = time.monotonic) -> None:
+        settings = service.settings
+        self.service = service
+        self.ttl = settings.api_key_cache_seconds
+        self.allow_open = settings.allow_open_api
+        self.clock = clock
+        self.limiter = RateLimiter(
+            settings.rate_limit_per_second, settings.rate_limit_burst, clock
+        )
+        self._lock = threading.Lock()
+        self._configured: tuple[float, bool] | None = None  # (valid until, answer)
+        self._keys: dict[str, tuple[float, ApiKey | None]] = {}  # prefix -> (valid until, key)
+
+    # -- what the database says, briefly remembered -------------------------------------------
+
+    def cached_keys_configured(self) -> bool | None:
+        """The remembered answer of ``keys_configured``, or None when there is none."""
+        hit = self._configured
+        return hit[1] if hit is not None and hit[0] > self.clock() else None
+
+    def keys_configured(self) -> bool:
+        """Whether any active key exists (else the API is open). Raises StoreUnavailable."""
+        cached = self.cached_keys_configured()
+        if cached is not None:
+            return cached
+        now = self.clock()
+        answer = self.service.keys_configured()
+        self._configured = (now + self.ttl, answer)
+        return answer
+
+    def _lookup(self, prefix: str) -> tuple[ApiKey | None, bool]:
+        """The key with ``prefix`` and whether it was just read from the database."""
+        now = self.clock()
+        with self._lock:
+            hit = self._keys.get(prefix)
+        if hit is not None and hit[0] > now:
+            return hit[1], False
+        key = self.service.find_key(prefix)
+        if self.ttl > 0:
+            with self._lock:
+                if len(self._keys) >= MAX_CACHED_KEYS:
+                    self._keys = {p: e for p, e in self._keys.items() if e[0] > now}
+                    if len(self._keys) >= MAX_CACHED_KEYS:
+                        self._keys.clear()
+                self._keys[prefix] = (now + self.ttl, key)
+        return key, True
+
+    # -- the decision -------------------------------------------------------------------------
+
+    def caller(self, token: str | None, *, header_given: bool) -> Caller:
+        """The caller of a request with ``token`` (None: no bearer token).
+
+        Raises Unauthorized (401), RateLimited (429) or StoreUnavailable (503).
+        """
+        if not self.keys_configured():
+            return Caller(key=None)  # open mode: OpenApiGuard keeps it on loopback
+        if token is None:
+            raise Unauthorized(
+                "this API needs an API key: send `Authorization: Bearer <token>`",
+                invalid_token=header_given,
+            )
+        parsed = parse_token(token)
+        key, fresh = self._lookup(parsed.prefix) if parsed is not None else (None, False)
+        # matches() compares hashes in constant time; the prefix is public anyway.
+        if parsed is None or key is None or not key.active or not key.matches(parsed.secret):
+            raise Unauthorized(
+                "the API key is not valid: it is malformed, unknown or revoked",
+                invalid_token=True,
+            )
+        if fresh:
+            self._touch(key)
+        retry_after = self.limiter.take(key.id)
+        if retry_after is not None:
+            raise RateLimited(retry_after)
+        return Caller(key=key)
+
+    def _touch(self, key: ApiKey) -> None:
+        # Best effort: last_used_at is for operators; failing to record it fails no request.
+        try:
+            self.service.touch_key(key.id)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not record the use of API key %s: %s", key.prefix, exc)
+
+    def announce(self) -> None:
+        """Say at startup whether the API needs keys or is open."""
+        try:
+            configured = self.keys_configured()
+        except StoreUnavailable as exc:
+            log.warning("could not check for API keys at startup (%s); each request will", exc)
+            return
+        if configured:
+            log.info("API keys are required (Authorization: Bearer <token>)")
+        elif self.allow_open:
+            log.warning(
+                "the API is OPEN: no API key exists, so every request is allowed, and "
+                "JOBQ_ALLOW_OPEN_API=true lets it answer on any address. Create a key with "
+                "`jobq keys create` to close it."
+            )
+        else:
+            log.warning(
+                "the API is OPEN: no API key exists, so every request is allowed; it answers "
+                "only on loopback addresses. Create a key with `jobq keys create` to close it."
+            )
+
+
+# -- FastAPI dependencies ---------------------------------------------------------------------
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="jobq API key",
+    description="`jobq keys create` prints a token; send it as `Authorization: Bearer <token>`.",
+)
+
+
+def get_authenticator(request: Request) -> Authenticator:
+    auth: Authenticator | None = getattr(request.app.state, "auth", None)
+    if auth is None:
+        raise RuntimeError("the jobq app was not started: its lifespan has not run")
+    return auth
+
+
+def current_caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    """The request's caller. A plain ``def``: a lookup may wait on the database."""
+    return get_authenticator(request).caller(
+        credentials.credentials if credentials is not None else None,
+        header_given="authorization" in request.headers,
+    )
+
+
+def _needs(scope: str) -> Callable[[Caller], Awaitable[Caller]]:
+    async def dependency(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:
+        caller.require(scope)
+        return caller
+
+    dependency.__name__ = f"needs_{scope}"
+    return dependency
+
+
+#: A caller allowed to read jobs and stats of its queues.
+Reader = Annotated[Caller, Depends(_needs(READ))]
+#: A caller allowed to submit jobs to its queues.
+Enqueuer = Annotated[Caller, Depends(_needs(ENQUEUE))]
+#: A caller allowed to cancel and retry jobs of its queues.
+Admin = Annotated[Caller, Depends(_needs(ADMIN))]
+
+
+# -- open mode stays on loopback --------------------------------------------------------------
+
+
+class OpenApiGuard:
+    """Refuse every request that reached a non-loopback address while the API is open.
+
+    An ASGI middleware rather than a dependency, so that it covers every path (docs too).
+    Requests to a loopback address pass without any check.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_loopback(_server_host(scope)):
+            await self.app(scope, receive, send)
+            return
+        auth: Authenticator | None = getattr(scope["app"].state, "auth", None)
+        if auth is None or auth.allow_open:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        configured = auth.cached_keys_configured()
+        if configured is None:
+            try:
+                configured = await run_in_threadpool(auth.keys_configured)
+            except StoreUnavailable as exc:
+                log.warning("database unavailable on %s %s: %s", request.method,
+                            request.url.path, exc)
+                response = problem_response(
+                    request, 503, type_="store-unavailable", title="Database unavailable",
+                    detail="the database is unavailable; try again later",
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                )
+                await response(scope, receive, send)
+                return
+        if configured:
+            await self.app(scope, receive, send)
+            return
+        response = problem_response(
+            request, 403, type_="open-api-not-local", title="Open API refused",
+            detail=OPEN_API_REFUSAL,
+        )
+        await response(scope, receive, send)
+
+
+def _server_host(scope: Scope) -> str | None:
+    server: Any = scope.get("server")
+    if not server:
+        return None
+    host = server[0]
+    return host if isinstance(host, str) else None

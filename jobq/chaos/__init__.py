@@ -1,0 +1,1 @@
+"""Fault campaigns against real processes: `jobq chaos`. See README "Guarantees"."""
