@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import select
 import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -97,14 +98,16 @@ def raw_request(
 ) -> tuple[int, dict[str, str], bytes]:
     """Send ``head`` (request line and headers), then ``chunks`` as they are; read the answer.
 
-    Stops sending as soon as the server stops reading, as a real client would.
+    Stops sending as soon as the server answers (or stops reading), as a careful client does.
     """
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(head.encode("latin-1") + b"\r\n")
         for chunk in chunks:
+            if select.select([sock], [], [], 0)[0]:  # an answer is on its way: stop sending
+                break
             try:
                 sock.sendall(chunk)
-            except OSError:  # the server answered and stopped reading
+            except OSError:  # the server stopped reading
                 break
         return _read_response(sock)
 

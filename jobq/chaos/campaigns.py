@@ -295,7 +295,11 @@ def worker_kills(ctx: Ctx) -> list[Check]:
         killed: list[tuple[int, float]] = []
         for _ in range(kills):
             time.sleep(ctx.rng.uniform(0.5, 2.0))
-            victim = ctx.rng.choice(workers)
+            # A random moment, but a worker that is running jobs then: a kill that interrupts
+            # nothing measures nothing.
+            wait_until(lambda: busy_pids(s.dbs.ledger_url) & {w.pid for w in workers}, 20, 0.1)
+            busy = busy_pids(s.dbs.ledger_url)
+            victim = ctx.rng.choice([w for w in workers if w.pid in busy] or workers)
             pid = victim.pid
             victim.signal(signal.SIGKILL)
             killed.append((pid, time.time()))
@@ -303,6 +307,13 @@ def worker_kills(ctx: Ctx) -> list[Check]:
         checks = finish(s, load)
         checks.append(recovery_check(read_ledger(s.dbs.ledger_url), killed))
         return checks
+
+
+def busy_pids(ledger_url: str) -> set[int]:
+    """Processes with an execution in progress, according to the ledger."""
+    with psycopg.connect(ledger_url) as conn:
+        rows = conn.execute("SELECT DISTINCT pid FROM chaos_ledger WHERE ended_at IS NULL")
+        return {r[0] for r in rows}
 
 
 def recovery_check(ledger: list[Execution], killed: list[tuple[int, float]]) -> Check:
