@@ -291,7 +291,10 @@ def worker_kills(ctx: Ctx) -> list[Check]:
         s.cluster.start_api()
         workers = start_workers(s.cluster, 4, concurrency=4)
         assert s.cluster.wait_api()
-        load = LoadGen(s.cluster.api_url, 16, work(300), ctx.scale(1500, 500)).start()
+        # Ten attempts: targeted kills can hit one job several times, and a job whose attempts
+        # ran out is (rightly) failed rather than recovered.
+        load = LoadGen(s.cluster.api_url, 16, lambda i: {**work(300)(i), "max_attempts": 10},
+                       ctx.scale(1500, 500)).start()
         killed: list[tuple[int, float]] = []
         for _ in range(kills):
             time.sleep(ctx.rng.uniform(0.5, 2.0))
