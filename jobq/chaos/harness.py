@@ -102,8 +102,13 @@ class Proc:
         return self.popen is not None and self.popen.poll() is None
 
     def signal(self, sig: int) -> None:
+        # The whole process group (each Proc has its own session): a wrapper such as faketime
+        # may run jobq as a child rather than exec it.
         if self.alive():
-            os.kill(self.pid, sig)
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                pass
 
 
 class Cluster:

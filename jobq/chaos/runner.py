@@ -29,10 +29,11 @@ def _kill_leftovers(run_dir: Path) -> None:
     for pids in run_dir.glob("*/pids.txt"):
         for line in pids.read_text().split():
             try:
-                os.kill(int(line), signal.SIGCONT)
-                os.kill(int(line), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
+                os.killpg(int(line), signal.SIGCONT)
+                os.killpg(int(line), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, ValueError):
                 pass
+        pids.unlink()  # done with: never signal these numbers again, they may be reused
 
 
 def run(numbers: list[str], admin_url: str, out_dir: Path | None, reduced: bool,
