@@ -296,20 +296,34 @@ def worker_kills(ctx: Ctx) -> list[Check]:
         load = LoadGen(s.cluster.api_url, 16, lambda i: {**work(300)(i), "max_attempts": 10},
                        ctx.scale(1500, 500)).start()
         killed: list[tuple[int, float]] = []
-        for _ in range(kills):
-            time.sleep(ctx.rng.uniform(0.5, 2.0))
-            # A random moment, but a worker that is running jobs then: a kill that interrupts
-            # nothing measures nothing.
-            wait_until(lambda: busy_pids(s.dbs.ledger_url) & {w.pid for w in workers}, 20, 0.1)
-            busy = busy_pids(s.dbs.ledger_url)
-            victim = ctx.rng.choice([w for w in workers if w.pid in busy] or workers)
-            pid = victim.pid
-            victim.signal(signal.SIGKILL)
-            killed.append((pid, time.time()))
-            s.cluster.restart(victim)
-        checks = finish(s, load)
-        checks.append(recovery_check(read_ledger(s.dbs.ledger_url), killed))
-        return checks
+        checker = s.store()
+        try:
+            for _ in range(kills):
+                time.sleep(ctx.rng.uniform(0.5, 2.0))
+                # A random moment, but a worker that is running jobs then: a kill that interrupts
+                # nothing measures nothing.
+                wait_until(lambda: busy_pids(s.dbs.ledger_url) & {w.pid for w in workers}, 20, 0.1)
+                busy = busy_pids(s.dbs.ledger_url)
+                victim = ctx.rng.choice([w for w in workers if w.pid in busy] or workers)
+                pid = victim.pid
+                victim.signal(signal.SIGKILL)
+                killed.append((pid, time.time()))
+                s.cluster.restart(victim)
+                # The next kill comes once the restarted worker serves: the recovery bound is a
+                # promise of the surviving workers, and on 2 busy cores a start can take seconds.
+                wait_until(lambda: victim.pid in registered_pids(checker), 30, 0.1)
+            checks = finish(s, load)
+            checks.append(recovery_check(read_ledger(s.dbs.ledger_url), killed, checker))
+            return checks
+        finally:
+            checker.dispose()
+
+
+def registered_pids(store: SqlStore) -> set[int]:
+    try:
+        return {w.pid for w in store.stats(live_worker_seconds=60).workers}
+    except Exception:  # noqa: BLE001 - a campaign's database may be restarting
+        return set()
 
 
 def busy_pids(ledger_url: str) -> set[int]:
@@ -319,20 +333,32 @@ def busy_pids(ledger_url: str) -> set[int]:
         return {r[0] for r in rows}
 
 
-def recovery_check(ledger: list[Execution], killed: list[tuple[int, float]]) -> Check:
-    """From each SIGKILL to the next start of every job the victim was running."""
+def recovery_check(ledger: list[Execution], killed: list[tuple[int, float]],
+                   store: SqlStore) -> Check:
+    """From each SIGKILL to the next start of every job the victim was running.
+
+    The figure splits the worst case in two: kill → rescue (the lost attempt's end, which the
+    lease bounds) and rescue → next start (which the claim loop bounds).
+    """
     by_job: dict[int, list[Execution]] = defaultdict(list)
     for e in ledger:
         by_job[e.job_id].append(e)
-    delays = []
+    delays: list[tuple[float, int, float]] = []
     for pid, at in killed:
         for e in ledger:
             if e.pid == pid and e.ended is None and e.started <= at:
                 later = [x.started for x in by_job[e.job_id] if x.started > at]
-                delays.append(min(later) - at if later else float("inf"))
-    worst = max(delays) if delays else 0.0
+                delays.append((min(later) - at if later else float("inf"), e.job_id, at))
+    if not delays:
+        return Check("recovery", "no kill interrupted a job", False)
+    worst, job_id, at = max(delays)
+    rescued = [a.finished_at.timestamp() for a in store.get(job_id).attempt_log
+               if a.outcome is AttemptOutcome.LOST and a.finished_at is not None
+               and a.finished_at.timestamp() >= at]
+    split = (f"; worst: job {job_id} rescued after {min(rescued) - at:.2f}s, started "
+             f"{worst - (min(rescued) - at):.2f}s later" if rescued else "")
     return Check("recovery", f"max {worst:.2f}s over {len(delays)} interrupted jobs "
-                 f"(bound {RECOVERY_BOUND:.1f}s)", bool(delays) and worst <= RECOVERY_BOUND)
+                 f"(bound {RECOVERY_BOUND:.1f}s){split}", worst <= RECOVERY_BOUND)
 
 
 def _pg_cluster() -> tuple[str, str] | None:

@@ -50,9 +50,11 @@ log = logging.getLogger("jobq.worker")
 T = TypeVar("T")
 
 
-def jittered(seconds: float, spread: float = 0.1) -> float:
-    """``seconds`` ± 10 %, so that many workers do not poll in lockstep."""
-    return seconds * (1 + random.uniform(-spread, spread))
+def jittered(seconds: float, spread: float = 0.2) -> float:
+    """Up to 20 % less than ``seconds``, so that many workers do not poll in lockstep, while a
+    configured interval stays an upper bound (the recovery bound counts on the rescue
+    interval)."""
+    return seconds * (1 - random.uniform(0, spread))
 
 
 def new_worker_id() -> str:
@@ -85,7 +87,7 @@ class Worker:
         self._db = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jobq-db")
         self._stopping = asyncio.Event()  # stop claiming
         self._stopped = asyncio.Event()  # side loops may end
-        self._slot_freed = asyncio.Event()
+        self._wake = asyncio.Event()  # a slot freed, jobs rescued, or stopping: fetch now
         self._hurry = False  # a second signal: skip the rest of the grace period
         self._last_heartbeat_ok = time.monotonic()
         self.registration = WorkerRegistration(
@@ -129,11 +131,12 @@ class Worker:
         """Begin a graceful stop; a second call cuts the grace period short."""
         if self._stopping.is_set():
             self._hurry = True
-            self._slot_freed.set()
+            self._wake.set()
             log.warning("second stop signal: releasing running jobs now")
         else:
             log.info("stopping: no new claims; %d job(s) running", len(self._running))
         self._stopping.set()
+        self._wake.set()
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -202,11 +205,11 @@ class Worker:
         grace = self.settings.shutdown_grace_seconds
         deadline = time.monotonic() + grace
         while tasks and not self._hurry and time.monotonic() < deadline:
-            self._slot_freed.clear()
+            self._wake.clear()
             tasks = [t for t in tasks if not t.done()]
             if not tasks:
                 break
-            await self._sleep(min(0.1, max(deadline - time.monotonic(), 0)), self._slot_freed)
+            await self._sleep(min(0.1, max(deadline - time.monotonic(), 0)), self._wake)
         leftovers = [r for r in self._running.values() if r.task is not None and not r.task.done()]
         if not leftovers:
             return
@@ -225,19 +228,23 @@ class Worker:
     # -- fetch, execute, complete ------------------------------------------------------------
 
     async def _fetch(self) -> float:
-        self._slot_freed.clear()  # before counting, so a slot freed from now on wakes us
+        """Claim up to the free slots; then wait for a wake-up (a slot freed, jobs rescued) or,
+        when the queue looked empty, at most one poll interval. Returns 0: it sleeps itself."""
+        self._wake.clear()  # before counting, so a slot freed from now on wakes us
         free = (self.concurrency or 0) - len(self._running)
         if free <= 0:
             # Full: wait for a slot rather than poll.
-            await self._sleep(self.settings.poll_interval_seconds, self._slot_freed)
+            await self._sleep(self.settings.poll_interval_seconds, self._wake)
             return 0.0
         claimed = await self._call(
             self.store.claim, self.worker_id, self.queues, free, self.settings.lease_seconds
         )
         for c in claimed:
             self._start(c)
-        # A full batch means there is likely more: go again as soon as a slot frees.
-        return 0.0 if len(claimed) == free else self.settings.poll_interval_seconds
+        if len(claimed) < free:
+            # The queue is (for now) empty: poll again later, sooner when woken.
+            await self._sleep(jittered(self.settings.poll_interval_seconds), self._wake)
+        return 0.0
 
     def _start(self, claimed: ClaimedJob) -> None:
         running = Running(claimed)
@@ -268,7 +275,7 @@ class Worker:
                 await self._complete(lease, outcome)
         finally:
             self._running.pop(lease.token, None)
-            self._slot_freed.set()
+            self._wake.set()
 
     async def _complete(self, lease: Lease, outcome: Outcome) -> None:
         """Persist one outcome with one guarded store call, retrying while the database is down
@@ -337,6 +344,8 @@ class Worker:
         rescued = await self._call(self.store.rescue)
         for job in rescued:
             log.warning("rescued job %s (lease expired) -> %s", job.id, job.state)
+        if any(job.state is JobState.PENDING for job in rescued):
+            self._wake.set()  # claim them now if a slot is free, not at the next poll
         await self._call(self.store.prune_workers, 10 * self.settings.lease_seconds)
         return self.settings.rescue_interval_seconds
 
