@@ -12,7 +12,7 @@ import base64
 import binascii
 import functools
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
@@ -68,6 +68,9 @@ R = TypeVar("R")
 
 PENDING, RUNNING = JobState.PENDING.value, JobState.RUNNING.value
 DONE, FAILED, CANCELLED = JobState.DONE.value, JobState.FAILED.value, JobState.CANCELLED.value
+
+#: PostgreSQL channel on which idle workers are woken; the payload is the queue's name.
+NOTIFY_CHANNEL = "jobq_jobs"
 
 #: Clearing the lease is part of every move out of ``running``.
 _NO_LEASE = {"worker_id": None, "lease_token": None, "lease_expires_at": None}
@@ -191,6 +194,15 @@ class SqlStore:
         if self.dialect == "postgresql":
             return pg_dialect.insert(jobs)
         return sqlite_dialect.insert(jobs)
+
+    def _notify(self, conn: Connection, queues: Iterable[str]) -> None:
+        """Wake idle workers of ``queues``: one notification per queue, sent by PostgreSQL at
+        commit (never for a rolled-back transaction). SQLite has no such thing: its workers
+        poll. Callers pass the queues of jobs that became pending now."""
+        if self.dialect != "postgresql":
+            return
+        for queue in sorted(set(queues)):
+            conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, queue)))
 
     def dispose(self) -> None:
         self.engine.dispose()
