@@ -45,6 +45,6 @@ def fail(payload: Any) -> Any:
 
 
 @task("noop")
-def noop(payload: Any) -> None:
-    """Does nothing."""
+async def noop(payload: Any) -> None:
+    """Does nothing (on the event loop: a no-op needs no thread)."""
     return None

@@ -53,6 +53,18 @@ class Settings(BaseSettings):
     poll_interval_seconds: float = Field(
         1.0, gt=0, le=3600, description="Idle poll interval of a worker."
     )
+    listen_enabled: bool = Field(
+        True, description="PostgreSQL: wake idle workers with LISTEN/NOTIFY (polling stays as "
+        "the fallback). Turn off behind a pooler in transaction mode, where LISTEN cannot work."
+    )
+    retention_seconds: float = Field(
+        7 * 86400, ge=0, description="Finished jobs (done, failed, cancelled) older than this "
+        "are deleted with their attempts; 0 keeps them forever."
+    )
+    prune_interval_seconds: float = Field(
+        60.0, gt=0, le=86400, description="How often a worker prunes finished jobs (one worker "
+        "at a time)."
+    )
     backoff_base_seconds: float = Field(1.0, ge=0, le=86400, description="Backoff of attempt 1.")
     backoff_cap_seconds: float = Field(300.0, ge=0, le=30 * 86400, description="Backoff ceiling.")
     concurrency: int = Field(10, ge=1, le=1000, description="Jobs run at once per process.")

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import literal
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
-from sqlalchemy.types import String
+from sqlalchemy.types import Boolean, String
 
 from jobq.store.tables import Timestamp
 
@@ -75,3 +75,26 @@ def _token_pg(element: new_token, compiler: Any, **kw: Any) -> str:
 @compiles(new_token, "sqlite")
 def _token_sqlite(element: new_token, compiler: Any, **kw: Any) -> str:
     return "lower(hex(randomblob(16)))"
+
+
+#: Advisory lock key of the maintenance (pruning) transaction: "jobq" in ASCII.
+MAINTENANCE_LOCK = 0x6A6F6271
+
+
+class try_maintenance_lock(FunctionElement[Any]):
+    """True when this transaction may run maintenance: PostgreSQL takes a transaction-scoped
+    advisory lock (so one process at a time prunes); SQLite's writer already holds the
+    database's only write lock (BEGIN IMMEDIATE)."""
+
+    type = Boolean()
+    inherit_cache = True
+
+
+@compiles(try_maintenance_lock, "postgresql")
+def _lock_pg(element: try_maintenance_lock, compiler: Any, **kw: Any) -> str:
+    return f"pg_try_advisory_xact_lock({MAINTENANCE_LOCK})"
+
+
+@compiles(try_maintenance_lock, "sqlite")
+def _lock_sqlite(element: try_maintenance_lock, compiler: Any, **kw: Any) -> str:
+    return "1"

@@ -23,12 +23,14 @@ from sqlalchemy import (
     Select,
     and_,
     case,
+    column,
     delete,
     func,
     insert,
     literal,
     select,
     update,
+    values,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql as pg_dialect
@@ -44,7 +46,7 @@ from jobq.errors import (
 )
 from jobq.keys import ApiKey, NewKey
 from jobq.store.engine import READ_ONLY
-from jobq.store.exprs import db_now, new_token, seconds_from_now
+from jobq.store.exprs import db_now, new_token, seconds_from_now, try_maintenance_lock
 from jobq.store.tables import api_keys, attempts, jobs, workers
 from jobq.types import (
     Attempt,
@@ -238,11 +240,13 @@ class SqlStore:
     @_translate
     def enqueue(self, new: NewJob) -> EnqueueResult:
         """Insert one job; with an idempotency key, return the existing job for a repeat."""
+        due_now = [new.queue] if new.run_at is None and not new.delay_seconds else []
         with self._write() as conn:
             if new.idempotency_key is None:
                 row = conn.execute(
                     insert(jobs).values(self._values(new)).returning(*jobs.c)
                 ).one()
+                self._notify(conn, due_now)
                 return EnqueueResult(_job(row), created=True)
             stmt = (
                 self._insert()
@@ -252,6 +256,7 @@ class SqlStore:
             )
             row = conn.execute(stmt).first()
             if row is not None:
+                self._notify(conn, due_now)
                 return EnqueueResult(_job(row), created=True)
             existing = conn.execute(
                 select(jobs).where(jobs.c.idempotency_key == new.idempotency_key)
@@ -406,18 +411,50 @@ class SqlStore:
             .values(outcome=outcome.value, finished_at=db_now(), error=error, traceback=tb)
         )
 
-    @_translate
     def complete(self, lease: Lease, result: Any) -> bool:
         """running → done. False when the lease was lost (the job is not changed)."""
+        return lease.token in self.complete_many([(lease, result)])
+
+    @_translate
+    def complete_many(self, finished: Sequence[tuple[Lease, Any]]) -> set[str]:
+        """running → done for many jobs at once: one UPDATE of the jobs and one of their
+        attempts, each row still guarded by its own fencing token.
+
+        Returns the tokens whose write took; a lease that was lost meanwhile (rescued,
+        cancelled) is left out and its job is not changed.
+        """
+        if not finished:
+            return set()
+        rows = values(
+            column("v_id", jobs.c.id.type),
+            column("v_token", jobs.c.lease_token.type),
+            column("v_result", jobs.c.result.type),
+            name="finished",
+        ).data([(lease.job_id, lease.token, result) for lease, result in finished]).cte()
+        # A CTE, because SQLite cannot name the columns of VALUES in FROM (… AS t(a, b)).
         with self._write() as conn:
-            changed = conn.execute(
+            done = conn.execute(
                 update(jobs)
-                .where(self._guard(lease))
-                .values(state=DONE, result=result, finished_at=db_now(), **_NO_LEASE)
-            ).rowcount
-            if changed:
-                self._close_attempt(conn, lease.token, AttemptOutcome.DONE)
-        return bool(changed)
+                .where(
+                    jobs.c.id == rows.c.v_id,
+                    jobs.c.lease_token == rows.c.v_token,
+                    jobs.c.state == RUNNING,
+                )
+                .values(state=DONE, result=rows.c.v_result, finished_at=db_now(), **_NO_LEASE)
+                .returning(jobs.c.id)
+            ).scalars().all()
+            if not done:
+                return set()
+            taken = {lease.token for lease, _ in finished if lease.job_id in set(done)}
+            conn.execute(
+                update(attempts)
+                .where(
+                    attempts.c.lease_token.in_(list(taken)),
+                    attempts.c.outcome == AttemptOutcome.RUNNING.value,
+                )
+                .values(outcome=AttemptOutcome.DONE.value, finished_at=db_now())
+            )
+        return taken
 
     @_translate
     def fail(
@@ -463,6 +500,11 @@ class SqlStore:
                 if changed:
                     released += 1
                     self._close_attempt(conn, lease.token, AttemptOutcome.RELEASED)
+            if released:
+                queues = conn.execute(
+                    select(jobs.c.queue).where(jobs.c.id.in_([lease.job_id for lease in leases]))
+                ).scalars()
+                self._notify(conn, queues)
         return released
 
     @_translate
@@ -540,6 +582,7 @@ class SqlStore:
                         error="lease expired",
                     )
                 )
+                self._notify(conn, (r.queue for r in rows if r.state == PENDING))
         return [_job(r) for r in rows]
 
     # -- the operator's transitions ---------------------------------------------------------
@@ -584,6 +627,7 @@ class SqlStore:
                 .returning(*jobs.c)
             ).first()
             if row is not None:
+                self._notify(conn, [row.queue])
                 return _job(row)
             state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar()
         if state is None:
@@ -624,6 +668,40 @@ class SqlStore:
                 delete(workers).where(
                     workers.c.last_heartbeat_at < seconds_from_now(-silent_seconds)
                 )
+            ).rowcount
+
+    #: Most finished jobs one prune_finished call deletes (one short transaction).
+    PRUNE_BATCH = 5000
+
+    @_translate
+    def prune_finished(self, older_than_seconds: float, limit: int = PRUNE_BATCH) -> int | None:
+        """Delete up to ``limit`` jobs that finished (done, failed, cancelled) more than
+        ``older_than_seconds`` ago, with their attempts, oldest first.
+
+        Returns how many were deleted, or None when another process is pruning right now
+        (PostgreSQL: a transaction-scoped advisory lock, so only one does at a time).
+        """
+        finished = [DONE, FAILED, CANCELLED]
+        with self._write() as conn:
+            if not conn.execute(select(try_maintenance_lock())).scalar():
+                return None
+            # Locked (SKIP LOCKED), so an operator's retry of one of them waits or is skipped
+            # rather than having its job deleted under it.
+            ids = conn.execute(
+                select(jobs.c.id)
+                .where(
+                    jobs.c.state.in_(finished),
+                    jobs.c.finished_at < seconds_from_now(-older_than_seconds),
+                )
+                .order_by(jobs.c.finished_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).scalars().all()
+            if not ids:
+                return 0
+            conn.execute(delete(attempts).where(attempts.c.job_id.in_(ids)))
+            return conn.execute(
+                delete(jobs).where(jobs.c.id.in_(ids), jobs.c.state.in_(finished))
             ).rowcount
 
     # -- monitoring -------------------------------------------------------------------------

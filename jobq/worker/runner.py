@@ -3,10 +3,16 @@
 Loops (each has the same shape: run, sleep an interruptible jittered interval, repeat; a loop
 that crashes stops the worker loudly with exit code 1):
 
-- fetch:     claims at most as many jobs as there are free slots (invariant 6)
-- heartbeat: extends the leases of running jobs; a job whose lease is gone is taken away from
-             its handler, and its late writes would be refused by the store anyway (fencing)
+- fetch:     claims at most as many jobs as there are free slots (invariant 6); it sleeps until
+             a slot frees, a notification arrives (PostgreSQL LISTEN) or a poll interval passes
+- complete:  writes finished jobs' outcomes, all successes that piled up in one statement; a
+             handler's slot frees as soon as it returns, not when its outcome is written
+- heartbeat: extends the leases of running and not-yet-written jobs; a job whose lease is gone
+             is taken away from its handler, and its late writes would be refused by the store
+             anyway (fencing)
 - rescue:    moves jobs whose lease expired (dead or frozen workers) back to pending or failed
+- prune:     deletes finished jobs older than the retention period (one process at a time)
+- listen:    (PostgreSQL) wakes the fetcher when jobs are enqueued; polling is the fallback
 
 Stopping (SIGTERM/SIGINT): claim nothing more, give running jobs ``shutdown_grace_seconds`` to
 finish, release the rest back to pending without charging the attempt, deregister, exit 0.
@@ -34,6 +40,7 @@ from jobq.registry import JobContext, TaskRegistry, load_registry
 from jobq.retry import Backoff
 from jobq.settings import Settings
 from jobq.store import SqlStore, open_store
+from jobq.store.notify import listen, listen_dsn
 from jobq.types import (
     ClaimedJob,
     Failure,
@@ -67,7 +74,6 @@ class Running:
     task: asyncio.Task[None] | None = None
     lost: bool = False  # the lease is gone: the outcome must not be written
     released: bool = False  # given back at shutdown
-    completing: bool = False  # the outcome is being written; the guarded write decides
 
 
 @dataclass
@@ -83,7 +89,10 @@ class Worker:
         self.queues = list(self.queues or self.settings.queues)
         self.concurrency = self.concurrency or self.settings.concurrency
         self.backoff = Backoff(self.settings.backoff_base_seconds, self.settings.backoff_cap_seconds)
-        self._running: dict[str, Running] = {}
+        self._running: dict[str, Running] = {}  # executing, by lease token: the slots
+        self._outbox: dict[str, tuple[Lease, Outcome]] = {}  # finished, outcome not written
+        self._writing: set[str] = set()  # tokens of the outbox batch being written now
+        self._outbox_ready = asyncio.Event()
         self._db = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jobq-db")
         self._stopping = asyncio.Event()  # stop claiming
         self._stopped = asyncio.Event()  # side loops may end
@@ -154,7 +163,17 @@ class Worker:
             self.worker_id, ",".join(self.queues or []), self.concurrency,
         )
         fetcher = asyncio.create_task(self._loop("fetch", self._fetch, self._stopping))
-        side = [asyncio.create_task(self._loop("rescue", self._rescue, self._stopped))]
+        side = [
+            asyncio.create_task(self._loop("complete", self._flush, self._stopped)),
+            asyncio.create_task(self._loop("rescue", self._rescue, self._stopped)),
+        ]
+        if self.settings.retention_seconds > 0:
+            side.append(asyncio.create_task(self._loop("prune", self._prune, self._stopped)))
+        dsn = listen_dsn(self.store.engine) if self.settings.listen_enabled else None
+        listener = None
+        if dsn is not None:
+            listener = asyncio.create_task(listen(dsn, self.queues or [], self._wake.set))
+            side.append(listener)
         if self.settings.heartbeat_enabled:
             side.append(
                 asyncio.create_task(self._loop("heartbeat", self._heartbeat, self._stopped))
@@ -172,7 +191,11 @@ class Worker:
         self._stopping.set()
         await asyncio.gather(fetcher, return_exceptions=True)
         await self._drain()
+        await self._write_outbox()
         self._stopped.set()
+        self._outbox_ready.set()
+        if listener is not None:
+            listener.cancel()  # it runs until cancelled
         await asyncio.gather(*side, stopping, return_exceptions=True)
         await self._deregister()
         self._db.shutdown(wait=False)
@@ -269,52 +292,73 @@ class Worker:
                 if not (running.lost or running.released):
                     raise
                 outcome = None  # type: ignore[assignment]
-        try:
-            if outcome is not None and not running.lost and not running.released:
-                running.completing = True
-                await self._complete(lease, outcome)
-        finally:
-            self._running.pop(lease.token, None)
-            self._wake.set()
+        if outcome is not None and not running.lost and not running.released:
+            self._outbox[lease.token] = (lease, outcome)
+            self._outbox_ready.set()
+        self._running.pop(lease.token, None)
+        self._wake.set()
 
-    async def _complete(self, lease: Lease, outcome: Outcome) -> None:
-        """Persist one outcome with one guarded store call, retrying while the database is down
-        (the heartbeat keeps the lease alive meanwhile; once it is lost, the store refuses)."""
-        failures = 0
-        while True:
-            try:
-                if isinstance(outcome, Success):
-                    ok = await self._call(self.store.complete, lease, outcome.result)
-                    if not ok:
+    # -- writing outcomes ---------------------------------------------------------------------
+
+    #: Most outcomes written by one statement.
+    BATCH = 1000
+
+    async def _flush(self) -> float:
+        """Write what the outbox holds: successes in one guarded statement, failures one by one
+        (each decides retry or failed). While a write is in flight new outcomes pile up, so the
+        batch grows with the load and no delay is added. A database that is down leaves the
+        outbox as it is; the loop retries (and the heartbeat keeps the leases meanwhile)."""
+        if not self._outbox:
+            self._outbox_ready.clear()
+            await self._sleep(self.settings.poll_interval_seconds, self._outbox_ready)
+            return 0.0
+        batch = list(self._outbox.items())[: self.BATCH]
+        self._writing = {token for token, _ in batch}
+        try:
+            successes = [(lease, o.result) for lease, o in (v for _, v in batch)
+                         if isinstance(o, Success)]
+            if successes:
+                taken = await self._call(self.store.complete_many, successes)
+                for lease, _ in successes:
+                    self._outbox.pop(lease.token, None)
+                    if lease.token not in taken:
                         log.warning("job %s: lease lost before completion; result discarded",
                                     lease.job_id)
-                    return
-                delay = self.backoff.delay(lease.attempt)
-                state = await self._call(
-                    self.store.fail, lease, outcome.error, outcome.traceback, delay
-                )
-                if state is None:
-                    log.warning("job %s: lease lost before its failure was recorded",
-                                lease.job_id)
-                elif state is JobState.FAILED:
-                    log.info("job %s failed for good after %d attempt(s): %s",
-                             lease.job_id, lease.attempt, outcome.error)
-                else:
-                    log.info("job %s attempt %d failed, retrying in %.2fs: %s",
-                             lease.job_id, lease.attempt, delay, outcome.error)
-                return
-            except StoreUnavailable as exc:
-                failures += 1
-                if failures * 0.5 > 2 * self.settings.lease_seconds:
-                    log.error("job %s: giving up writing its outcome; the lease will expire "
-                              "and the job will run again: %s", lease.job_id, exc)
-                    return
-                await asyncio.sleep(min(0.1 * 2**failures, 2.0))
+            for lease, outcome in (v for _, v in batch):
+                if isinstance(outcome, Failure):
+                    await self._write_failure(lease, outcome)
+                    self._outbox.pop(lease.token, None)
+        finally:
+            self._writing = set()
+        return 0.0
+
+    async def _write_failure(self, lease: Lease, outcome: Failure) -> None:
+        delay = self.backoff.delay(lease.attempt)
+        state = await self._call(self.store.fail, lease, outcome.error, outcome.traceback, delay)
+        if state is None:
+            log.warning("job %s: lease lost before its failure was recorded", lease.job_id)
+        elif state is JobState.FAILED:
+            log.info("job %s failed for good after %d attempt(s): %s",
+                     lease.job_id, lease.attempt, outcome.error)
+        else:
+            log.info("job %s attempt %d failed, retrying in %.2fs: %s",
+                     lease.job_id, lease.attempt, delay, outcome.error)
+
+    async def _write_outbox(self) -> None:
+        """At shutdown: give the complete loop a few seconds to write what is left. What it
+        cannot write (the database is down) runs again elsewhere once its lease expires."""
+        deadline = time.monotonic() + 5.0
+        while self._outbox and not self._hurry and time.monotonic() < deadline:
+            self._outbox_ready.set()
+            await asyncio.sleep(0.02)
+        if self._outbox:
+            log.warning("%d finished job(s) not written; they will run again after their "
+                        "leases expire", len(self._outbox))
 
     # -- leases -------------------------------------------------------------------------------
 
     async def _heartbeat(self) -> float:
-        tokens = list(self._running)
+        tokens = [*self._running, *self._outbox]
         try:
             valid = await self._call(
                 functools.partial(self.store.heartbeat, registration=self.registration),
@@ -325,15 +369,21 @@ class Worker:
                 self._lose(list(self._running), "no heartbeat got through for a whole lease")
             raise
         self._last_heartbeat_ok = time.monotonic()
-        self._lose([t for t in tokens if t not in valid], "lease lost (rescued or cancelled)")
+        gone = [t for t in tokens if t not in valid]
+        self._lose(gone, "lease lost (rescued or cancelled)")
+        for token in gone:
+            # Unless being written right now (then the write may have made it, and the guarded
+            # write settles it), a finished job whose lease is gone is not written at all.
+            if token in self._outbox and token not in self._writing:
+                lease, _ = self._outbox.pop(token)
+                log.warning("job %s: lease lost before its outcome was written; discarded",
+                            lease.job_id)
         return self.settings.heartbeat_seconds
 
     def _lose(self, tokens: Sequence[str], why: str) -> None:
         for token in tokens:
             running = self._running.get(token)
-            if running is None or running.lost or running.released or running.completing:
-                # A completing job may have just committed (so the heartbeat missed it); its
-                # guarded write settles the matter either way.
+            if running is None or running.lost or running.released:
                 continue
             running.lost = True
             log.warning("job %s: %s; stopping its handler", running.claimed.job.id, why)
@@ -348,6 +398,14 @@ class Worker:
             self._wake.set()  # claim them now if a slot is free, not at the next poll
         await self._call(self.store.prune_workers, 10 * self.settings.lease_seconds)
         return self.settings.rescue_interval_seconds
+
+    async def _prune(self) -> float:
+        deleted = await self._call(self.store.prune_finished, self.settings.retention_seconds)
+        if deleted:
+            log.info("pruned %d finished job(s) older than %.0fs", deleted,
+                     self.settings.retention_seconds)
+        # A full batch means more are due: go on soon, but leave the database room to breathe.
+        return 1.0 if deleted == self.store.PRUNE_BATCH else self.settings.prune_interval_seconds
 
 
 def configure_logging(level: str) -> None:
