@@ -1,6 +1,27 @@
 """jobq: a fault-tolerant, SQL-backed background job system."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from jobq.registry import JobContext, task
 
-__all__ = ["task", "JobContext"]
+if TYPE_CHECKING:
+    from jobq.service import JobService
+
+__all__ = ["task", "JobContext", "connect"]
 __version__ = "0.1.0"
+
+
+def connect(database_url: str | None = None, **settings: Any) -> JobService:
+    """The Python client: a JobService on the database of ``database_url``.
+
+    ``database_url`` and ``settings`` (any field of jobq.settings.Settings, such as
+    ``tasks=["myapp.tasks"]``) override the ``JOBQ_*`` environment, as CLI options do. Close
+    it when done (``with jobq.connect(...) as q:``). Thread-safe: share one per process.
+    """
+    # Imported here, so that `from jobq import task` in a task module stays light.
+    from jobq.service import JobService
+    from jobq.settings import load_settings
+
+    return JobService.from_settings(load_settings(database_url=database_url, **settings))

@@ -6,6 +6,10 @@ from __future__ import annotations
 class JobqError(Exception):
     """Base of every error jobq raises on purpose."""
 
+    #: For an error about one item of a batch (``enqueue_many``, ``POST /jobs/batch``): the
+    #: item's position in the batch, from 0; None otherwise.
+    index: int | None = None
+
 
 class ConfigError(JobqError):
     """A setting is missing or invalid; the message names it."""
@@ -27,14 +31,30 @@ class UnknownTask(JobqError):
 
 
 class IdempotencyConflict(JobqError):
-    """The idempotency key was used before with a different request."""
+    """The idempotency key was used before with a different request.
 
-    def __init__(self, key: str, job_id: int) -> None:
+    ``job_id`` is the job that holds the key; None when the holder is not to be named (see
+    HiddenIdempotencyConflict) or is an earlier item of the same batch (see ``within_batch``).
+    """
+
+    def __init__(self, key: str, job_id: int | None, *, index: int | None = None) -> None:
         super().__init__(
             f"idempotency_key {key!r} was already used by job {job_id} with a different request"
         )
         self.key = key
         self.job_id = job_id
+        self.index = index
+
+    @classmethod
+    def within_batch(cls, key: str, index: int, first: int) -> IdempotencyConflict:
+        """Items ``first`` and ``index`` of one batch carry ``key`` with different requests."""
+        exc = cls.__new__(cls)
+        JobqError.__init__(
+            exc, f"idempotency_key {key!r} is given to items {first} and {index} of the batch "
+            "with different requests",
+        )
+        exc.key, exc.job_id, exc.index = key, None, index
+        return exc
 
 
 class InvalidTransition(JobqError):
@@ -114,7 +134,8 @@ class HiddenIdempotencyConflict(IdempotencyConflict):
     """The idempotency key is taken by a job in a queue that the caller may not see: the
     conflict is reported without naming that job."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, *, index: int | None = None) -> None:
         JobqError.__init__(self, f"idempotency_key {key!r} is already in use by another job")
         self.key = key
-        self.job_id = None  # type: ignore[assignment]
+        self.job_id = None
+        self.index = index

@@ -3,14 +3,17 @@ retry, stats. It applies defaults and checks task names; the store does the rest
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
+from types import TracebackType
 from typing import Any
 
+from jobq.coalesce import GroupCommit
 from jobq.errors import (
     HiddenIdempotencyConflict,
     IdempotencyConflict,
     JobNotFound,
+    JobqError,
     QueueNotFound,
 )
 from jobq.keys import ApiKey, NewKey, hash_secret, new_token, prefix_of
@@ -25,6 +28,8 @@ class JobService:
         self.store = store
         self.registry = registry
         self.settings = settings
+        # Concurrent enqueues (the API's requests) share transactions; see jobq/coalesce.py.
+        self._group = GroupCommit(store.enqueue_many, store.enqueue)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobService:
@@ -32,7 +37,20 @@ class JobService:
         return cls(open_store(settings), registry, settings)
 
     def close(self) -> None:
+        """Write the enqueues in flight, then let go of the database connections."""
+        self._group.close()
         self.store.dispose()
+
+    def __enter__(self) -> JobService:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def enqueue(
         self,
@@ -51,13 +69,67 @@ class JobService:
 
         ``max_attempts`` defaults to the task's own, then to JOBQ_MAX_ATTEMPTS.
         Raises UnknownTask for a task_type that no registered handler has.
+
+        Enqueues made at the same time from several threads are committed together (group
+        commit), each still returning only once its own job is committed.
         """
+        new = self._new_job(
+            task_type, payload, queue=queue, priority=priority, max_attempts=max_attempts,
+            run_at=run_at, delay_seconds=delay_seconds, idempotency_key=idempotency_key,
+            allowed_queues=allowed_queues,
+        )
+        try:
+            return self._group.enqueue(new)
+        except IdempotencyConflict as exc:
+            self._hide_conflict(exc, allowed_queues)
+            raise
+
+    def enqueue_many(
+        self,
+        specs: Iterable[Mapping[str, Any]],
+        *,
+        allowed_queues: Collection[str] | None = None,
+    ) -> list[EnqueueResult]:
+        """Persist many jobs in one transaction, all or nothing; durable when this returns.
+
+        Each spec holds ``enqueue``'s arguments by name, e.g. ``{"task_type": "send_email",
+        "payload": {"to": "ana"}, "queue": "emails"}``, with the same defaults and checks.
+        The results are in the order of ``specs``. An error about one spec (UnknownTask,
+        InvalidJob, QueueNotFound, IdempotencyConflict) says which in its ``index`` (from 0),
+        and then no job of the batch is stored.
+        """
+        news = []
+        for i, spec in enumerate(specs):
+            try:
+                news.append(self._new_job(**spec, allowed_queues=allowed_queues))
+            except JobqError as exc:
+                exc.index = i
+                raise
+        try:
+            return self.store.enqueue_many(news)
+        except IdempotencyConflict as exc:
+            self._hide_conflict(exc, allowed_queues)
+            raise
+
+    def _new_job(
+        self,
+        task_type: str,
+        payload: Any = None,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int | None = None,
+        run_at: datetime | None = None,
+        delay_seconds: float | None = None,
+        idempotency_key: str | None = None,
+        allowed_queues: Collection[str] | None = None,
+    ) -> NewJob:
         if allowed_queues is not None and queue not in allowed_queues:
             raise QueueNotFound(queue)
         task = self.registry.get(task_type)
         if max_attempts is None:
             max_attempts = task.max_attempts or self.settings.max_attempts
-        new = NewJob(
+        return NewJob(
             task_type=task_type,
             payload=payload,
             queue=queue,
@@ -67,16 +139,16 @@ class JobService:
             delay_seconds=delay_seconds,
             idempotency_key=idempotency_key,
         )
-        try:
-            return self.store.enqueue(new)
-        except IdempotencyConflict as exc:
-            # Idempotency keys are one namespace over all queues; a conflict with a job the
-            # caller may not see must not name that job.
-            if allowed_queues is not None and (
-                self.store.get(exc.job_id, with_attempts=False).queue not in allowed_queues
-            ):
-                raise HiddenIdempotencyConflict(exc.key) from None
-            raise
+
+    def _hide_conflict(
+        self, exc: IdempotencyConflict, allowed_queues: Collection[str] | None
+    ) -> None:
+        """Idempotency keys are one namespace over all queues; a conflict with a job the
+        caller may not see must not name that job: raises HiddenIdempotencyConflict then."""
+        if allowed_queues is not None and exc.job_id is not None and (
+            self.store.get(exc.job_id, with_attempts=False).queue not in allowed_queues
+        ):
+            raise HiddenIdempotencyConflict(exc.key, index=exc.index) from None
 
     # ``allowed_queues`` (where taken): the queues the caller may see, from its API key; None
     # means every queue. A job or queue outside them does not exist for the caller

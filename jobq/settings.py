@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(
         200, ge=1, le=10_000_000, description="Requests an API key may make at once."
     )
+    batch_max_jobs: int = Field(
+        1000, ge=1, le=100_000, description="Most jobs one `POST /jobs/batch` may submit."
+    )
 
     @field_validator("tasks", "queues", mode="before")
     @classmethod

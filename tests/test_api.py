@@ -231,6 +231,127 @@ def test_concurrent_identical_requests_create_one_job(
     assert len(stored_ids(store)) == 1
 
 
+def test_concurrent_submissions_each_get_their_own_committed_job(
+    client: httpx.Client, store: SqlStore
+) -> None:
+    """32 clients at once (the API writes concurrent submissions together: group commit),
+    one of them with a conflicting idempotency key."""
+    taken = submit(client, task_type="echo", payload="first", idempotency_key="taken")
+    barrier = threading.Barrier(32)
+
+    def post(i: int) -> httpx.Response:
+        body: dict[str, Any] = {"task_type": "echo", "payload": {"i": i}}
+        if i == 13:
+            body.update(payload="other", idempotency_key="taken")
+        barrier.wait(timeout=10)
+        return client.post("/jobs", json=body)
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(post, range(32)))
+    conflict = problem(answers[13], 409, "urn:jobq:problem:idempotency-conflict")
+    assert conflict["job_id"] == taken["id"] and "index" not in conflict
+    made = [r for i, r in enumerate(answers) if i != 13]
+    assert [r.status_code for r in made] == [201] * 31, [r.text for r in made]
+    ids = [r.json()["id"] for r in made]
+    assert len(set(ids)) == 31
+    for i, resp in enumerate(answers):
+        if i != 13:  # committed, and the job of this very request
+            assert store.get(resp.json()["id"]).payload == {"i": i} == resp.json()["payload"]
+    assert sorted(stored_ids(store)) == sorted([taken["id"], *ids])
+
+
+# -- POST /jobs/batch -------------------------------------------------------------------------
+
+
+def test_batch_creates_jobs_in_order(client: httpx.Client, store: SqlStore) -> None:
+    jobs = [
+        {"task_type": "echo", "payload": {"n": 0}},
+        {"task_type": "noop", "queue": "q2", "priority": 7, "delay_seconds": 60},
+        {"task_type": "echo", "payload": [1, 2], "idempotency_key": "b-1", "max_attempts": 5},
+        {"task_type": "echo", "payload": [1, 2], "idempotency_key": "b-1", "max_attempts": 5},
+        {"task_type": "test", "payload": "hello", "run_at": "2030-01-02T03:04:05Z"},
+    ]
+    resp = client.post("/jobs/batch", json={"jobs": jobs})
+    assert resp.status_code == 201, resp.text
+    out = resp.json()["jobs"]
+    assert [set(j) for j in out] == [JOB_KEYS | {"created"}] * 5
+    assert [j["created"] for j in out] == [True, True, True, False, True]
+    assert out[2]["id"] == out[3]["id"]
+    assert [j["task_type"] for j in out] == [j["task_type"] for j in jobs]
+    assert out[1]["queue"] == "q2" and out[1]["priority"] == 7
+    assert out[2]["max_attempts"] == 5 and out[0]["max_attempts"] == 3
+    assert parse_time(out[4]["run_at"]) == datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    for j in out:
+        assert store.get(j["id"]).payload == j["payload"]
+    assert len(stored_ids(store)) == 4
+    # The keyed job again: nothing is created, so 200.
+    again = client.post("/jobs/batch", json={"jobs": [jobs[2]]})
+    assert again.status_code == 200, again.text
+    assert [(j["id"], j["created"]) for j in again.json()["jobs"]] == [(out[2]["id"], False)]
+    assert len(stored_ids(store)) == 4
+
+
+def test_batch_invalid_item_is_422_naming_it_and_stores_nothing(
+    client: httpx.Client, store: SqlStore
+) -> None:
+    good = {"task_type": "echo", "payload": 1}
+    cases = [
+        ({"task_type": "bad name"}, ["body", "jobs", 3, "task_type"]),
+        ({"task_type": "echo", "priority": "high"}, ["body", "jobs", 3, "priority"]),
+        ({"task_type": "echo", "payload": {"k": "a\x00"}}, ["body", "jobs", 3, "payload"]),
+        ({"task_type": "echo", "extra": 1}, ["body", "jobs", 3, "extra"]),
+        ({"task_type": "nope"}, ["body", "jobs", 3, "task_type"]),  # no such task
+    ]
+    for bad, loc in cases:
+        resp = client.post("/jobs/batch", json={"jobs": [good, good, good, bad, good]})
+        p = problem(resp, 422, "urn:jobq:problem:validation-error")
+        assert [e["loc"] for e in p["errors"]] == [loc], p
+        assert "jobs.3." in p["detail"]
+    unknown = problem(client.post("/jobs/batch", json={"jobs": [good, {"task_type": "nope"}]}),
+                      422)
+    assert unknown["errors"][0]["type"] == "unknown_task" and "echo" in unknown["detail"]
+    for body in ({"jobs": []}, {}, {"jobs": good}, {"jobs": [good], "more": 1}):
+        problem(client.post("/jobs/batch", json=body), 422, "urn:jobq:problem:validation-error")
+    assert stored_ids(store) == []
+
+
+def test_batch_conflict_is_409_and_stores_nothing(client: httpx.Client, store: SqlStore) -> None:
+    old = submit(client, task_type="echo", payload=1, idempotency_key="old")
+    against_old = [{"task_type": "echo", "payload": 2},
+                   {"task_type": "echo", "payload": 2, "idempotency_key": "old"}]
+    p = problem(client.post("/jobs/batch", json={"jobs": against_old}), 409,
+                "urn:jobq:problem:idempotency-conflict")
+    assert (p["index"], p["job_id"]) == (1, old["id"])
+    within = [{"task_type": "echo", "payload": 1, "idempotency_key": "new"},
+              {"task_type": "echo"},
+              {"task_type": "echo", "payload": 2, "idempotency_key": "new"}]
+    p = problem(client.post("/jobs/batch", json={"jobs": within}), 409,
+                "urn:jobq:problem:idempotency-conflict")
+    assert p["index"] == 2 and "job_id" not in p and "items 0 and 2" in p["detail"]
+    assert stored_ids(store) == [old["id"]]
+
+
+def test_batch_size_limits(settings: Settings, store: SqlStore) -> None:
+    small = load_settings(**{**settings.model_dump(), "batch_max_jobs": 3})
+    with serve(create_app(settings=small)) as client:
+        job = {"task_type": "noop"}
+        assert client.post("/jobs/batch", json={"jobs": [job] * 3}).status_code == 201
+        p = problem(client.post("/jobs/batch", json={"jobs": [job] * 4}), 422,
+                    "urn:jobq:problem:validation-error")
+        assert p["errors"][0]["loc"] == ["body", "jobs"] and "at most 3" in p["detail"]
+        assert len(stored_ids(store)) == 3
+    with serve(create_app(settings=settings)) as client:
+        assert settings.batch_max_jobs == 1000
+        many = {"jobs": [{"task_type": "noop", "payload": n} for n in range(1000)]}
+        resp = client.post("/jobs/batch", json=many)
+        assert resp.status_code == 201, resp.text
+        assert [j["payload"] for j in resp.json()["jobs"]] == list(range(1000))
+        problem(client.post("/jobs/batch", json={"jobs": [job] * 1001}), 422)
+        huge = {"jobs": [{"task_type": "noop", "payload": "x" * 2000}] * 600}
+        problem(client.post("/jobs/batch", json=huge), 413)
+    assert store.stats(60).jobs["pending"] == 3 + 1000
+
+
 def test_unknown_task_lists_the_known_ones(client: httpx.Client, store: SqlStore) -> None:
     for resp in (
         client.post("/jobs", json={"task_type": "nope", "payload": 1}),
@@ -710,7 +831,7 @@ def test_docs_and_openapi(client: httpx.Client) -> None:
     expected = {
         ("/jobs", "post"), ("/jobs", "get"), ("/jobs/{job_id}", "get"),
         ("/jobs/{job_id}/cancel", "post"), ("/jobs/{job_id}/retry", "post"),
-        ("/stats", "get"), ("/healthz", "get"),
+        ("/stats", "get"), ("/healthz", "get"), ("/jobs/batch", "post"),
     }
     found = {(path, m) for path, ops in spec["paths"].items() for m in ops}
     assert expected == found
@@ -719,6 +840,10 @@ def test_docs_and_openapi(client: httpx.Client) -> None:
         assert op.get("summary") and op.get("description"), (path, method)
     job_schema = spec["components"]["schemas"]["JobOut"]["properties"]
     assert set(job_schema) == JOB_KEYS
+    batch = spec["paths"]["/jobs/batch"]["post"]
+    assert "BatchRequest" in json.dumps(batch["requestBody"])
+    assert {"201", "200", "404", "409", "413", "422"} <= set(batch["responses"])
+    assert "BatchOut" in json.dumps(batch["responses"]["201"])
 
 
 # -- settings are read at startup, not at import ----------------------------------------------

@@ -463,6 +463,42 @@ def test_idempotency_conflict_with_a_hidden_job_does_not_name_it(
     assert p["job_id"] == theirs.id
 
 
+def test_batch_follows_the_rules_of_post_jobs_for_every_item(
+    api: httpx.Client, svc: JobService
+) -> None:
+    theirs = svc.enqueue("echo", 1, queue="theirs", idempotency_key="order-abc").job
+    reader = make_key(svc, ["*"], ["read"])
+    mine = make_key(svc, ["mine", "also-mine"], ["enqueue"])
+    everything = make_key(svc, ["*"], ["admin"])
+    ok = [{"task_type": "echo", "queue": "mine"}, {"task_type": "echo", "queue": "also-mine"}]
+
+    p = problem(api.post("/jobs/batch", json={"jobs": ok}), 401)
+    p = problem(api.post("/jobs/batch", json={"jobs": ok}, headers=bearer(reader)), 403,
+                "urn:jobq:problem:forbidden")
+    assert p["required_scope"] == "enqueue"
+    # One item outside the key's queues: that queue does not exist for it, nothing is stored.
+    outside = [*ok, {"task_type": "echo", "queue": "theirs"}]
+    p = problem(api.post("/jobs/batch", json={"jobs": outside}, headers=bearer(mine)), 404,
+                "urn:jobq:problem:queue-not-found")
+    assert (p["queue"], p["index"]) == ("theirs", 2)
+    # A conflict with a job the key cannot see does not name it.
+    hidden = [*ok, {"task_type": "echo", "payload": 2, "queue": "mine",
+                    "idempotency_key": "order-abc"}]
+    p = problem(api.post("/jobs/batch", json={"jobs": hidden}, headers=bearer(mine)), 409,
+                "urn:jobq:problem:idempotency-conflict")
+    assert p["index"] == 2 and "job_id" not in p and str(theirs.id) not in json.dumps(p)
+    p = problem(api.post("/jobs/batch", json={"jobs": hidden}, headers=bearer(everything)), 409)
+    assert p["job_id"] == theirs.id
+    assert [j.id for j in svc.list_jobs().items] == [theirs.id]
+
+    made = api.post("/jobs/batch", json={"jobs": ok}, headers=bearer(mine))
+    assert made.status_code == 201, made.text
+    assert [j["queue"] for j in made.json()["jobs"]] == ["mine", "also-mine"]
+    made = api.post("/jobs/batch", json={"jobs": outside}, headers=bearer(everything))
+    assert made.status_code == 201, made.text
+    assert len(svc.list_jobs().items) == 1 + 2 + 3
+
+
 # -- revocation and new keys take effect within the cache bound ------------------------------
 
 

@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
-import pytest
+import threading
+import time
+from pathlib import Path
+from typing import Any
 
-from jobq.errors import InvalidJob, UnknownTask
-from jobq.registry import TaskRegistry
+import pytest
+from sqlalchemy import event
+
+import jobq
+from jobq.errors import (
+    HiddenIdempotencyConflict,
+    IdempotencyConflict,
+    InvalidJob,
+    QueueNotFound,
+    StoreUnavailable,
+    UnknownTask,
+)
+from jobq.coalesce import GroupCommit
+from jobq.registry import TaskRegistry, load_registry
 from jobq.service import JobService
-from jobq.settings import Settings
+from jobq.settings import Settings, load_settings
 from jobq.store import SqlStore
+from jobq.store.engine import make_engine
+from jobq.types import NewJob
 
 
 @pytest.fixture
@@ -69,3 +86,206 @@ def test_deep_payloads_are_refused_shallow_ones_kept(svc: JobService) -> None:
     assert svc.get(svc.enqueue("plain", deep).job.id).payload == deep
     with pytest.raises(InvalidJob):
         svc.enqueue("plain", [deep])
+
+
+# -- enqueue_many ----------------------------------------------------------------------------
+
+
+def test_enqueue_many_applies_the_same_defaults_and_checks(svc: JobService) -> None:
+    results = svc.enqueue_many([
+        {"task_type": "plain"},
+        {"task_type": "picky", "payload": {"a": 1}, "queue": "q", "priority": 5},
+        {"task_type": "picky", "max_attempts": 2, "idempotency_key": "k"},
+    ])
+    assert [r.job.max_attempts for r in results] == [3, 7, 2]
+    assert [r.job.queue for r in results] == ["default", "q", "default"]
+    assert results[1].job.payload == {"a": 1} and results[1].job.priority == 5
+    assert [svc.get(r.job.id) for r in results] == [r.job for r in results]
+    assert svc.enqueue_many([]) == []
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "field"),
+    [
+        ({"task_type": "nope"}, UnknownTask, None),
+        ({"task_type": "plain", "payload": float("nan")}, InvalidJob, "payload"),
+        ({"task_type": "plain", "priority": 10**6}, InvalidJob, "priority"),
+        ({"task_type": "plain", "queue": "theirs"}, QueueNotFound, None),
+    ],
+)
+def test_enqueue_many_names_the_bad_item_and_stores_nothing(
+    svc: JobService, bad: dict[str, Any], error: type[Exception], field: str | None
+) -> None:
+    specs = [{"task_type": "plain", "queue": "mine"}, {"task_type": "picky", "queue": "mine"}]
+    with pytest.raises(error) as err:
+        svc.enqueue_many([*specs, {"queue": "mine", **bad}], allowed_queues={"mine"})
+    assert err.value.index == 2
+    if field is not None:
+        assert err.value.field == field
+    assert svc.list_jobs().items == []
+
+
+def test_enqueue_many_conflict_with_a_hidden_job_does_not_name_it(svc: JobService) -> None:
+    theirs = svc.enqueue("plain", 1, queue="theirs", idempotency_key="k").job
+    batch = [{"task_type": "plain", "queue": "mine"},
+             {"task_type": "plain", "payload": 2, "queue": "mine", "idempotency_key": "k"}]
+    with pytest.raises(HiddenIdempotencyConflict) as err:
+        svc.enqueue_many(batch, allowed_queues={"mine"})
+    assert (err.value.job_id, err.value.index) == (None, 1)
+    with pytest.raises(IdempotencyConflict) as err:
+        svc.enqueue_many(batch)
+    assert (err.value.job_id, err.value.index) == (theirs.id, 1)
+    assert svc.list_jobs().items == [theirs]
+
+
+def test_connect_is_the_python_client(db_url: str) -> None:
+    with jobq.connect(db_url, max_attempts=4) as q:
+        one = q.enqueue("echo", {"n": 1})
+        many = q.enqueue_many([{"task_type": "echo", "payload": n} for n in range(3)])
+        assert one.created and all(r.created for r in many)
+        assert one.job.max_attempts == 4
+        assert [q.get(r.job.id).payload for r in many] == [0, 1, 2]
+
+
+# -- group commit ----------------------------------------------------------------------------
+
+
+def _together(n: int, target: Any) -> list[Any]:
+    """``target(i)`` in n threads released together; each result, or the exception raised."""
+    barrier = threading.Barrier(n)
+    out: list[Any] = [None] * n
+
+    def body(i: int) -> None:
+        barrier.wait(timeout=10)
+        try:
+            out[i] = target(i)
+        except Exception as exc:  # noqa: BLE001 - returned to the test
+            out[i] = exc
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    return out
+
+
+def test_concurrent_enqueues_share_commits(svc: JobService, store: SqlStore) -> None:
+    commits: list[int] = []
+
+    def count(conn: Any) -> None:
+        commits.append(1)
+
+    event.listen(store.engine, "commit", count)
+    try:
+        results = _together(32, lambda i: [svc.enqueue("plain", {"i": i, "n": n})
+                                           for n in range(4)])
+    finally:
+        event.remove(store.engine, "commit", count)
+    jobs = [r for rs in results for r in rs]
+    assert all(r.created for r in jobs)
+    assert len({r.job.id for r in jobs}) == 128
+    for r in jobs:  # each caller got its own job, committed
+        assert svc.get(r.job.id).payload == r.job.payload
+    assert len(svc.list_jobs(limit=500).items) == 128
+    assert len(commits) < 128, "no two enqueues shared a commit"
+
+
+def test_a_conflict_fails_only_its_own_caller(svc: JobService) -> None:
+    taken = svc.enqueue("plain", "first", idempotency_key="taken").job
+
+    def one(i: int) -> Any:
+        if i % 8 == 0:  # the same key with another payload: a conflict
+            return svc.enqueue("plain", f"other {i}", idempotency_key="taken")
+        if i % 8 == 1:  # an identical repeat: the existing job
+            return svc.enqueue("plain", "first", idempotency_key="taken")
+        return svc.enqueue("plain", i, idempotency_key=f"own-{i}")
+
+    results = _together(32, one)
+    for i, r in enumerate(results):
+        if i % 8 == 0:
+            assert isinstance(r, IdempotencyConflict) and r.job_id == taken.id and r.index is None
+        elif i % 8 == 1:
+            assert not r.created and r.job.id == taken.id
+        else:
+            assert r.created and svc.get(r.job.id).payload == i
+    assert len(svc.list_jobs(limit=500).items) == 1 + 24
+
+
+def test_an_unavailable_database_fails_every_waiter(settings: Settings, tmp_path: Path) -> None:
+    if settings.is_sqlite:
+        url = f"sqlite:///{tmp_path / 'no-such-dir' / 'jobq.db'}"
+    else:
+        url = "postgresql://postgres@127.0.0.1:1/jobq_nowhere"
+    bad = load_settings(database_url=url, db_timeout_seconds=2)
+    service = JobService(SqlStore(make_engine(bad)), load_registry(bad.tasks), bad)
+    try:
+        results = _together(16, lambda i: service.enqueue("echo", i))
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        assert len({id(r) for r in results}) == 16  # one error object per caller
+    finally:
+        service.close()
+
+
+def test_close_writes_what_waits_and_stops_the_flusher(svc: JobService) -> None:
+    first = svc.enqueue("plain", 1)
+    flusher = svc._group._thread
+    assert flusher is not None and flusher.is_alive()
+    svc.close()
+    assert not flusher.is_alive()
+    svc.close()  # again: nothing happens
+    # Afterwards each enqueue is its own transaction.
+    later = svc.enqueue("plain", 2)
+    assert svc._group._thread is flusher
+    assert {j.id for j in svc.list_jobs().items} == {first.job.id, later.job.id}
+
+
+def test_a_coalesced_batch_with_conflicts_writes_the_others_as_a_batch(store: SqlStore) -> None:
+    """The first write is held until five more jobs wait, so they form one batch for sure."""
+    old = store.enqueue(NewJob("echo", payload=1, idempotency_key="old")).job
+    gate, batches = threading.Event(), []
+
+    def enqueue_many(news: Any) -> Any:
+        batches.append([n.payload for n in news])
+        if len(batches) == 1:
+            gate.wait(10)
+        return store.enqueue_many(news)
+
+    group = GroupCommit(enqueue_many, store.enqueue)
+    news = [
+        NewJob("echo", payload="first"),
+        NewJob("echo", payload="a"),
+        NewJob("echo", payload=2, idempotency_key="old"),  # conflicts with the table
+        NewJob("echo", payload="b", idempotency_key="k"),
+        NewJob("echo", payload="c", idempotency_key="k"),  # conflicts with the job before
+        NewJob("echo", payload="d"),
+    ]
+    out: list[Any] = [None] * len(news)
+
+    def submit(i: int) -> None:
+        try:
+            out[i] = group.enqueue(news[i])
+        except Exception as exc:  # noqa: BLE001 - checked below
+            out[i] = exc
+
+    threads = [threading.Thread(target=submit, args=(0,))]
+    threads[0].start()
+    while not batches:
+        time.sleep(0.001)
+    for i in range(1, len(news)):  # in order, so that "b" is ahead of "c"
+        threads.append(threading.Thread(target=submit, args=(i,)))
+        threads[-1].start()
+        while len(group._waiting) < i:
+            time.sleep(0.001)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    group.close()
+    assert batches == [["first"], ["a", 2, "b", "c", "d"], ["a", "b", "c", "d"], ["a", "b", "d"]]
+    assert isinstance(out[2], IdempotencyConflict) and out[2].job_id == old.id
+    assert isinstance(out[4], IdempotencyConflict) and out[4].job_id == out[3].job.id
+    assert out[4].index is None and out[2].index is None
+    for i in (0, 1, 3, 5):
+        assert out[i].created and store.get(out[i].job.id).payload == news[i].payload
+    assert len(store.list_jobs().items) == 1 + 4

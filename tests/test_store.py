@@ -15,9 +15,10 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import psycopg
 import pytest
 from factories import claim_expired, claim_one, enqueue, enqueue_many, future, new_job, past
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from jobq.errors import (
     IdempotencyConflict,
@@ -29,7 +30,7 @@ from jobq.settings import Settings
 from jobq.store import SqlStore
 from jobq.store.engine import make_engine
 from jobq.store.exprs import seconds_from_now
-from jobq.store.sql import encode_cursor
+from jobq.store.sql import NOTIFY_CHANNEL, encode_cursor
 from jobq.store.tables import jobs, workers
 from jobq.types import (
     AttemptOutcome,
@@ -277,6 +278,166 @@ def test_concurrent_idempotent_enqueues_create_one_job(store: SqlStore) -> None:
     assert len({r.job.id for r in results}) == 1
     assert sum(r.created for r in results) == 1
     assert len(store.list_jobs().items) == 1
+
+
+# -- enqueue_many ----------------------------------------------------------------------------
+
+
+def count_jobs(store: SqlStore) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(jobs)).scalar_one()
+
+
+def test_enqueue_many_keeps_the_order_and_every_field(store: SqlStore) -> None:
+    before = store.ping()
+    at = future(store, 600)
+    news = [
+        new_job(payload=payload, queue=f"q{n % 3}", priority=n - 8, max_attempts=n % 5 + 1)
+        for n, payload in enumerate(PAYLOADS)
+    ]
+    news += [new_job(run_at=at), new_job(delay_seconds=60), new_job(idempotency_key="k1")]
+    results = store.enqueue_many(news)
+    after = store.ping()
+    assert [r.created for r in results] == [True] * len(news)
+    ids = [r.job.id for r in results]
+    assert ids == sorted(ids) and len(set(ids)) == len(news)
+    for new, res in zip(news, results):
+        job = res.job
+        assert (job.task_type, job.queue, job.priority, job.max_attempts) == (
+            new.task_type, new.queue, new.priority, new.max_attempts)
+        assert_same_json(job.payload, new.payload)
+        assert job.idempotency_key == new.idempotency_key
+        assert job.state is JobState.PENDING and job.attempts == 0
+        assert before <= job.created_at <= after
+        # What was returned is what was stored.
+        assert store.get(job.id) == job
+    assert all(before <= r.job.run_at <= after for r in results[:len(PAYLOADS)])
+    assert approx_time(results[-3].job.run_at, at, timedelta(milliseconds=5))
+    delayed = results[-2].job
+    assert delayed.created_at + timedelta(seconds=60) == delayed.run_at
+    assert count_jobs(store) == len(news)
+
+
+def test_enqueue_many_of_nothing_is_nothing(store: SqlStore) -> None:
+    assert store.enqueue_many([]) == []
+    assert count_jobs(store) == 0
+
+
+def test_enqueue_many_honours_idempotency_keys_in_and_before_the_batch(store: SqlStore) -> None:
+    old = store.enqueue(new_job(payload={"v": 1}, idempotency_key="old")).job
+    results = store.enqueue_many([
+        new_job(payload={"v": 2}, idempotency_key="new"),
+        new_job(payload={"v": 1}, idempotency_key="old"),  # repeats an existing job
+        new_job(payload="x"),
+        new_job(payload={"v": 2}, idempotency_key="new"),  # repeats item 0
+        new_job(payload="x"),  # no key: a job of its own
+    ])
+    assert [r.created for r in results] == [True, False, True, False, True]
+    assert results[1].job == old
+    assert results[3].job == results[0].job
+    assert results[2].job.id != results[4].job.id
+    assert count_jobs(store) == 4
+    # The whole batch again: nothing new, the same jobs.
+    again = store.enqueue_many([
+        new_job(payload={"v": 2}, idempotency_key="new"),
+        new_job(payload={"v": 1}, idempotency_key="old"),
+    ])
+    assert [(r.created, r.job.id) for r in again] == [
+        (False, results[0].job.id), (False, old.id)]
+    assert count_jobs(store) == 4
+
+
+def test_enqueue_many_conflict_stores_nothing(store: SqlStore) -> None:
+    old = store.enqueue(new_job(payload=1, idempotency_key="old")).job
+    before = count_jobs(store)
+    with pytest.raises(IdempotencyConflict) as err:
+        store.enqueue_many([
+            new_job(payload=1), new_job(idempotency_key="fresh"),
+            new_job(payload=2, idempotency_key="old"),  # a different request
+        ])
+    assert (err.value.key, err.value.job_id, err.value.index) == ("old", old.id, 2)
+    with pytest.raises(IdempotencyConflict) as err:
+        store.enqueue_many([
+            new_job(payload=1, idempotency_key="twice"), new_job(payload=3),
+            new_job(payload=2, idempotency_key="twice"),
+        ])
+    # The first item's job was rolled back with the batch: there is no job to name.
+    assert (err.value.key, err.value.job_id, err.value.index) == ("twice", None, 2)
+    assert "items 0 and 2" in str(err.value)
+    assert count_jobs(store) == before
+    assert store.list_jobs().items == [old]
+    # The single enqueue's conflict names no batch item.
+    with pytest.raises(IdempotencyConflict) as err:
+        store.enqueue(new_job(payload=2, idempotency_key="old"))
+    assert (err.value.job_id, err.value.index) == (old.id, None)
+
+
+def test_enqueue_many_larger_than_one_statement(store: SqlStore) -> None:
+    n = 2 * SqlStore.ENQUEUE_CHUNK + 7
+    taken = store.enqueue_many([new_job(payload=i, idempotency_key=f"k{i}")
+                                for i in range(0, n, 97)])
+    results = store.enqueue_many([
+        new_job(payload=i, idempotency_key=f"k{i}" if i % 3 == 0 or i % 97 == 0 else None)
+        for i in range(n)
+    ])
+    assert [r.job.payload for r in results] == list(range(n))
+    existing = {r.job.payload: r.job.id for r in taken}
+    for i, r in enumerate(results):
+        assert r.created is (i not in existing)
+        if i in existing:
+            assert r.job.id == existing[i]
+        assert r.job.idempotency_key == (f"k{i}" if i % 3 == 0 or i % 97 == 0 else None)
+    assert count_jobs(store) == n
+    with store.engine.connect() as conn:
+        stored = dict(conn.execute(select(jobs.c.id, jobs.c.payload)).all())
+    assert stored == {r.job.id: r.job.payload for r in results}
+
+
+def test_concurrent_batches_with_shared_keys_create_each_job_once(store: SqlStore) -> None:
+    def batch(i: int) -> list[Any]:
+        keys = [f"k{(i + j) % 10}" for j in range(10)]
+        return store.enqueue_many([new_job(payload=k, idempotency_key=k) for k in keys])
+
+    results = [r for rs in run_threads(6, batch) for r in rs]
+    by_key: dict[str, set[int]] = {}
+    for r in results:
+        by_key.setdefault(r.job.idempotency_key, set()).add(r.job.id)
+    assert all(len(ids) == 1 for ids in by_key.values()) and len(by_key) == 10
+    assert sum(r.created for r in results) == 10
+    assert count_jobs(store) == 10
+
+
+def _listener(store: SqlStore) -> Any:
+    if store.dialect != "postgresql":
+        pytest.skip("NOTIFY is PostgreSQL's; SQLite workers poll")
+    dsn = store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = psycopg.connect(dsn, autocommit=True)
+    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+    return conn
+
+
+def _heard(conn: Any) -> list[str]:
+    return sorted(n.payload for n in conn.notifies(timeout=0.5))
+
+
+def test_enqueues_notify_the_queues_of_due_jobs_at_commit(store: SqlStore) -> None:
+    with _listener(store) as conn:
+        store.enqueue_many([
+            new_job(queue="a"), new_job(queue="a"), new_job(queue="b", run_at=past(store, 5)),
+            new_job(queue="later", delay_seconds=60), new_job(queue="c", delay_seconds=0),
+            new_job(queue="future", run_at=future(store, 60)),
+        ])
+        assert _heard(conn) == ["a", "b", "c"]  # one per queue, none for jobs not yet due
+        store.enqueue(new_job(queue="d"))
+        store.enqueue(new_job(queue="later", delay_seconds=60))
+        assert _heard(conn) == ["d"]
+        # A repeat creates nothing, so it wakes nobody; a rolled-back batch neither.
+        store.enqueue(new_job(queue="e", payload=1, idempotency_key="e"))
+        assert _heard(conn) == ["e"]
+        store.enqueue_many([new_job(queue="e", payload=1, idempotency_key="e")])
+        with pytest.raises(IdempotencyConflict):
+            store.enqueue_many([new_job(queue="f"), new_job(payload=2, idempotency_key="e")])
+        assert _heard(conn) == []
 
 
 # -- claim -----------------------------------------------------------------------------------

@@ -169,6 +169,26 @@ class EnqueueRequest(_JobSpec):
         return value
 
 
+class BatchRequest(BaseModel):
+    """Many new jobs, stored all or nothing."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"jobs": [
+                {"task_type": "echo", "payload": {"n": 1}},
+                {"task_type": "echo", "payload": {"n": 2}, "idempotency_key": "order-43"},
+            ]}]
+        },
+    )
+
+    jobs: list[EnqueueRequest] = Field(
+        min_length=1,
+        description="The jobs, each as the JSON body of `POST /jobs`; at most "
+        "JOBQ_BATCH_MAX_JOBS (default 1000), and the whole body at most 1 MiB.",
+    )
+
+
 class EnqueueQuery(_JobSpec):
     """A new job, as query parameters (``POST /jobs?task_type=test&payload=hello``)."""
 
@@ -221,6 +241,17 @@ class JobOut(_Out):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class BatchJobOut(JobOut):
+    created: bool = Field(
+        description="False when an identical earlier request with the same idempotency_key "
+        "(before or in this batch) made this job."
+    )
+
+
+class BatchOut(BaseModel):
+    jobs: list[BatchJobOut] = Field(description="One per submitted job, in the same order.")
 
 
 class JobDetail(JobOut):

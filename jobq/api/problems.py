@@ -178,6 +178,8 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)}
     elif isinstance(exc, QueueNotFound):
         extensions["queue"] = exc.queue
+    if exc.index is not None:  # an item of POST /jobs/batch
+        extensions["index"] = exc.index
     return problem_response(
         request, status, type_=slug, title=title, detail=detail, headers=headers, **extensions
     )

@@ -14,6 +14,9 @@ from fastapi.exceptions import RequestValidationError
 
 from jobq.api.auth import Admin, Enqueuer, Reader
 from jobq.api.models import (
+    BatchJobOut,
+    BatchOut,
+    BatchRequest,
     EnqueueQuery,
     EnqueueRequest,
     Health,
@@ -25,7 +28,7 @@ from jobq.api.models import (
     WorkerOut,
 )
 from jobq.api.problems import problem_responses
-from jobq.errors import StoreUnavailable
+from jobq.errors import InvalidJob, StoreUnavailable, UnknownTask
 from jobq.service import JobService
 from jobq.settings import NAME_PATTERN
 from jobq.types import JobState
@@ -112,20 +115,74 @@ def submit_job(
             "msg": "task_type is required, in a JSON body or as a query parameter",
         }])
     assert spec.task_type is not None
-    result = service.enqueue(
-        spec.task_type,
-        spec.payload,
-        queue=spec.queue,
-        priority=spec.priority,
-        max_attempts=spec.max_attempts,
-        run_at=spec.run_at,
-        delay_seconds=spec.delay_seconds,
-        idempotency_key=spec.idempotency_key,
-        allowed_queues=caller.allowed_queues,
-    )
+    result = service.enqueue(**_spec(spec), allowed_queues=caller.allowed_queues)
     if not result.created:
         response.status_code = 200
     return JobOut.model_validate(result.job)
+
+
+def _spec(spec: EnqueueRequest | EnqueueQuery) -> dict[str, Any]:
+    """The arguments of ``JobService.enqueue`` that a request gives."""
+    return {
+        "task_type": spec.task_type,
+        "payload": spec.payload,
+        "queue": spec.queue,
+        "priority": spec.priority,
+        "max_attempts": spec.max_attempts,
+        "run_at": spec.run_at,
+        "delay_seconds": spec.delay_seconds,
+        "idempotency_key": spec.idempotency_key,
+    }
+
+
+@jobs.post(
+    "/batch",
+    status_code=201,
+    summary="Submit many jobs",
+    description=(
+        "Up to JOBQ_BATCH_MAX_JOBS jobs (default 1000), each as the JSON body of `POST /jobs`, "
+        "stored in one transaction, all or nothing: any invalid job (422, its `loc` names the "
+        "item, as in `body.jobs.3.task_type`), queue outside the API key (404) or "
+        "idempotency conflict (409, `index` names the item) stores none. Answers 201 with "
+        "the jobs in the order given, each with `created`; 200 when every job existed already "
+        "(a repeat with the same idempotency keys)."
+    ),
+    responses={
+        200: {"model": BatchOut, "description": "Repeated request: no job was created."},
+        **problem_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
+    },
+)
+def submit_jobs(
+    service: Service, caller: Enqueuer, response: Response, body: BatchRequest
+) -> BatchOut:
+    most = service.settings.batch_max_jobs
+    if len(body.jobs) > most:
+        raise RequestValidationError([{
+            "type": "too_long",
+            "loc": ("body", "jobs"),
+            "msg": f"at most {most} jobs per batch (JOBQ_BATCH_MAX_JOBS)",
+        }])
+    try:
+        results = service.enqueue_many(
+            [_spec(job) for job in body.jobs], allowed_queues=caller.allowed_queues
+        )
+    except (UnknownTask, InvalidJob) as exc:
+        if exc.index is None:
+            raise
+        field = "task_type" if isinstance(exc, UnknownTask) else exc.field
+        raise RequestValidationError([{
+            "type": "unknown_task" if isinstance(exc, UnknownTask) else "value_error",
+            "loc": ("body", "jobs", exc.index, field),
+            "msg": str(exc),
+        }]) from None
+    if not any(r.created for r in results):
+        response.status_code = 200
+    return BatchOut(jobs=[
+        BatchJobOut.model_validate(
+            {**{name: getattr(r.job, name) for name in JobOut.model_fields}, "created": r.created}
+        )
+        for r in results
+    ])
 
 
 @jobs.get(
