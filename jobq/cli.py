@@ -278,6 +278,86 @@ def chaos(
     raise typer.Exit(run(numbers, pg_url, Path(out) if out else None, reduced, timeout, seed))
 
 
+@app.command()
+def bench(
+    db: Annotated[str, typer.Option("--db", help="sqlite, postgresql or both")] = "both",
+    pg_url: Annotated[str, typer.Option(
+        "--pg-url", envvar="JOBQ_TEST_POSTGRES_URL",
+        help="PostgreSQL server on which throw-away databases are created and dropped",
+    )] = "postgresql://postgres@127.0.0.1:5432/test",
+    json_out: Annotated[str, typer.Option("--json-out", help="Where the results go (JSON)")
+                        ] = "bench-results.json",
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="Tiny sizes: well under a minute per database")] = False,
+    jobs: Annotated[Optional[int], typer.Option(
+        "--jobs", min=1, help="Jobs per drain [10000; quick 500]")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", min=1, max=64, help="Worker processes [2]")] = None,
+    concurrency: Annotated[Optional[str], typer.Option(
+        "--concurrency", help="Concurrency per worker; several (e.g. 16,64,128) run the "
+        "drain once each [64]")] = None,
+    enqueue_jobs: Annotated[Optional[int], typer.Option(
+        "--enqueue-jobs", min=1, help="Jobs of each one-job-per-call enqueue figure; the "
+        "batched ones use 10x as many [5000; quick 200]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", min=2, help="Jobs per batch [100; quick 50]")] = None,
+    clients: Annotated[Optional[int], typer.Option(
+        "--clients", min=1, max=256, help="Concurrent REST clients (threads of one client "
+        "process) [32]")] = None,
+    pickup_samples: Annotated[Optional[int], typer.Option(
+        "--pickup-samples", min=1, help="Jobs of the pickup-latency figure [200; quick 25]")
+    ] = None,
+    finished: Annotated[Optional[str], typer.Option(
+        "--growth-finished", help="Finished rows in the table for the growth drains "
+        "[100000,1000000; quick 5000,20000]")] = None,
+    queued: Annotated[Optional[int], typer.Option(
+        "--growth-queued", min=1, help="Size of the large growth drain [100000; quick 2000]")
+    ] = None,
+    phases: Annotated[str, typer.Option(
+        "--phases", help="Comma-separated: enqueue, drain, pickup, growth")
+    ] = "enqueue,drain,pickup,growth",
+    phase_timeout: Annotated[Optional[float], typer.Option(
+        "--phase-timeout", min=1, help="Limit of each phase, seconds [900; quick 60]")] = None,
+) -> None:
+    """Benchmark enqueue, drain, pickup latency and growth on SQLite and/or PostgreSQL."""
+    from pathlib import Path
+
+    from jobq.bench import PHASES, Options, run
+
+    def ints(text: str, what: str) -> list[int]:
+        try:
+            values = [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
+        except ValueError:
+            values = []
+        if not values or min(values) < 0:
+            typer.secho(f"jobq: {what} takes comma-separated whole numbers", fg="red", err=True)
+            raise typer.Exit(2)
+        return values
+
+    kinds = {"both": ["sqlite", "postgresql"], "sqlite": ["sqlite"],
+             "postgresql": ["postgresql"], "postgres": ["postgresql"]}.get(db)
+    wanted = [p.strip() for p in phases.split(",") if p.strip()]
+    if kinds is None or not wanted or set(wanted) - set(PHASES):
+        typer.secho("jobq: --db takes sqlite, postgresql or both; --phases takes "
+                    f"{', '.join(PHASES)}", fg="red", err=True)
+        raise typer.Exit(2)
+    given: dict[str, Any] = {
+        "jobs": jobs, "workers": workers, "enqueue_jobs": enqueue_jobs,
+        "batch_size": batch_size, "clients": clients, "pickup_samples": pickup_samples,
+        "growth_queued": queued, "phase_timeout": phase_timeout,
+        "concurrency": ints(concurrency, "--concurrency") if concurrency else None,
+        "growth_finished": ints(finished, "--growth-finished") if finished else None,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if given.get("concurrency") and min(given["concurrency"]) < 1:
+        typer.secho("jobq: --concurrency must be at least 1", fg="red", err=True)
+        raise typer.Exit(2)
+    common = {"dbs": kinds, "pg_url": pg_url, "json_out": Path(json_out), "phases": wanted}
+    opts = (Options.quick_preset(**common, **given) if quick
+            else Options(**common, **given))
+    raise typer.Exit(run(opts))
+
+
 # -- jobq keys: API keys ----------------------------------------------------------------------
 
 keys = typer.Typer(

@@ -51,6 +51,7 @@ class Databases:
 
     admin_url: str
     name: str = field(default_factory=lambda: f"jobq_chaos_{uuid.uuid4().hex[:10]}")
+    ledger: bool = True  # `jobq bench` needs no ledger database
 
     @property
     def jobq_url(self) -> str:
@@ -69,8 +70,10 @@ class Databases:
 
         with psycopg.connect(self.admin_url, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{self.name}"')
-            admin.execute(f'CREATE DATABASE "{self.name}_ledger"')
-        create_schema(self.ledger_url)
+            if self.ledger:
+                admin.execute(f'CREATE DATABASE "{self.name}_ledger"')
+        if self.ledger:
+            create_schema(self.ledger_url)
 
     def drop(self) -> None:
         for _ in range(3):
