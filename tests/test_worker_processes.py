@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -124,6 +125,35 @@ def test_sigkill_mid_job_is_run_again_by_another_worker_within_the_lease_bound(
     assert [a.outcome for a in job.attempt_log] == [AttemptOutcome.LOST, AttemptOutcome.DONE]
 
 
+def freeze(pid: int, db_url: str) -> None:
+    """SIGSTOP the process, at a moment it holds no SQLite write lock.
+
+    SQLite has one writer, and its lock belongs to the process: one frozen in the middle of a
+    write transaction stalls every other process until it resumes (PostgreSQL has no such
+    limit). That is SQLite's, not what these tests are about, so such a freeze is undone and
+    tried again a moment later.
+    """
+    for _ in range(50):
+        os.kill(pid, signal.SIGSTOP)
+        if not db_url.startswith("sqlite:///") or not _sqlite_write_locked(db_url):
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError("could not freeze the worker outside a write transaction")
+
+
+def _sqlite_write_locked(db_url: str) -> bool:
+    conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=0.2, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        conn.close()
+
+
 def test_frozen_worker_resumed_after_its_lease_changes_nothing(
     store: SqlStore, db_url: str, procs: Procs, ledger: str
 ) -> None:
@@ -131,7 +161,7 @@ def test_frozen_worker_resumed_after_its_lease_changes_nothing(
     zombie = procs.worker(env)
     job_id = store.enqueue(NewJob("ledger", {"sleep": 1.0})).job.id
     wait_for(lambda: any(r[0] == "start" for r in read_ledger(ledger)), 20, "the job to start")
-    os.kill(zombie.pid, signal.SIGSTOP)
+    freeze(zombie.pid, db_url)
     other = procs.worker(env)
     wait_for(lambda: store.get(job_id).state is JobState.DONE, 30, "the other worker's result")
     assert store.get(job_id).result["pid"] == other.pid

@@ -11,7 +11,8 @@ that crashes stops the worker loudly with exit code 1):
              is taken away from its handler, and its late writes would be refused by the store
              anyway (fencing)
 - rescue:    moves jobs whose lease expired (dead or frozen workers) back to pending or failed
-- prune:     deletes finished jobs older than the retention period (one process at a time)
+- prune:     forgets silent workers; deletes finished jobs older than the retention period
+             (one process at a time)
 - listen:    (PostgreSQL) wakes the fetcher when jobs are enqueued; polling is the fallback
 
 Stopping (SIGTERM/SIGINT): claim nothing more, give running jobs ``shutdown_grace_seconds`` to
@@ -167,8 +168,7 @@ class Worker:
             asyncio.create_task(self._loop("complete", self._flush, self._stopped)),
             asyncio.create_task(self._loop("rescue", self._rescue, self._stopped)),
         ]
-        if self.settings.retention_seconds > 0:
-            side.append(asyncio.create_task(self._loop("prune", self._prune, self._stopped)))
+        side.append(asyncio.create_task(self._loop("prune", self._prune, self._stopped)))
         dsn = listen_dsn(self.store.engine) if self.settings.listen_enabled else None
         listener = None
         if dsn is not None:
@@ -396,10 +396,14 @@ class Worker:
             log.warning("rescued job %s (lease expired) -> %s", job.id, job.state)
         if any(job.state is JobState.PENDING for job in rescued):
             self._wake.set()  # claim them now if a slot is free, not at the next poll
-        await self._call(self.store.prune_workers, 10 * self.settings.lease_seconds)
         return self.settings.rescue_interval_seconds
 
     async def _prune(self) -> float:
+        """Maintenance: forget workers silent for ten leases; delete finished jobs past the
+        retention period (JOBQ_RETENTION_SECONDS=0 keeps them)."""
+        await self._call(self.store.prune_workers, 10 * self.settings.lease_seconds)
+        if self.settings.retention_seconds <= 0:
+            return self.settings.prune_interval_seconds
         deleted = await self._call(self.store.prune_finished, self.settings.retention_seconds)
         if deleted:
             log.info("pruned %d finished job(s) older than %.0fs", deleted,
