@@ -41,7 +41,10 @@ async def listen(
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(
-                dsn, autocommit=True, connect_timeout=10, application_name="jobq-listen"
+                dsn, autocommit=True, connect_timeout=10, application_name="jobq-listen",
+                # A peer that vanished without a word (a partition) is noticed within about a
+                # minute, and the connection is made again; polling covers the gap.
+                keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
             ) as conn:
                 await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                 failures = 0

@@ -196,7 +196,11 @@ class Worker:
         self._outbox_ready.set()
         if listener is not None:
             listener.cancel()  # it runs until cancelled
-        await asyncio.gather(*side, stopping, return_exceptions=True)
+        for t, outcome in zip(side, await asyncio.gather(*side, return_exceptions=True)):
+            if isinstance(outcome, Exception) and t not in done:  # died while stopping
+                log.critical("worker loop crashed while stopping", exc_info=outcome)
+                exit_code = 1
+        stopping.cancel()
         await self._deregister()
         self._db.shutdown(wait=False)
         log.info("worker %s stopped", self.worker_id)
@@ -254,7 +258,10 @@ class Worker:
         """Claim up to the free slots; then wait for a wake-up (a slot freed, jobs rescued) or,
         when the queue looked empty, at most one poll interval. Returns 0: it sleeps itself."""
         self._wake.clear()  # before counting, so a slot freed from now on wakes us
-        free = (self.concurrency or 0) - len(self._running)
+        # Outcomes not yet written count once the outbox holds more than a slot's worth each:
+        # claims may run ahead of writes by one batch, never without bound.
+        backlog = max(0, len(self._outbox) - (self.concurrency or 0))
+        free = (self.concurrency or 0) - len(self._running) - backlog
         if free <= 0:
             # Full: wait for a slot rather than poll.
             await self._sleep(self.settings.poll_interval_seconds, self._wake)
@@ -330,6 +337,7 @@ class Worker:
                     self._outbox.pop(lease.token, None)
         finally:
             self._writing = set()
+            self._wake.set()  # a backlog that held claims back may have cleared
         return 0.0
 
     async def _write_failure(self, lease: Lease, outcome: Failure) -> None:
@@ -345,15 +353,24 @@ class Worker:
                      lease.job_id, lease.attempt, delay, outcome.error)
 
     async def _write_outbox(self) -> None:
-        """At shutdown: give the complete loop a few seconds to write what is left. What it
-        cannot write (the database is down) runs again elsewhere once its lease expires."""
-        deadline = time.monotonic() + 5.0
-        while self._outbox and not self._hurry and time.monotonic() < deadline:
+        """At shutdown: give the complete loop a few seconds (one try when hurried) to write
+        what is left, then release what it could not write, like an unfinished job: the
+        attempt is not charged and the job runs again. The guarded release refuses any that
+        were written after all. If even that fails, the leases expire and rescue takes over."""
+        deadline = time.monotonic() + (0.5 if self._hurry else 5.0)
+        while self._outbox and time.monotonic() < deadline:
             self._outbox_ready.set()
             await asyncio.sleep(0.02)
-        if self._outbox:
+        if not self._outbox:
+            return
+        leases = [lease for lease, _ in self._outbox.values()]
+        try:
+            n = await self._call(self.store.release, leases)
+            log.warning("%d finished job(s) could not be written; %d released to run again",
+                        len(leases), n)
+        except StoreUnavailable as exc:
             log.warning("%d finished job(s) not written; they will run again after their "
-                        "leases expire", len(self._outbox))
+                        "leases expire: %s", len(leases), exc)
 
     # -- leases -------------------------------------------------------------------------------
 
