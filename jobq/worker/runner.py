@@ -94,6 +94,7 @@ class Worker:
         self._outbox: dict[str, tuple[Lease, Outcome]] = {}  # finished, outcome not written
         self._writing: set[str] = set()  # tokens of the outbox batch being written now
         self._outbox_ready = asyncio.Event()
+        self._failing_since: float | None = None  # when writing the outbox began to fail
         self._db = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jobq-db")
         self._stopping = asyncio.Event()  # stop claiming
         self._stopped = asyncio.Event()  # side loops may end
@@ -314,7 +315,9 @@ class Worker:
         """Write what the outbox holds: successes in one guarded statement, failures one by one
         (each decides retry or failed). While a write is in flight new outcomes pile up, so the
         batch grows with the load and no delay is added. A database that is down leaves the
-        outbox as it is; the loop retries (and the heartbeat keeps the leases meanwhile)."""
+        outbox as it is; the loop retries (and the heartbeat keeps the leases meanwhile). A
+        batch that cannot be written for two leases is given up: its leases are no longer
+        renewed, so rescue runs those jobs again, as it would after a crash."""
         if not self._outbox:
             self._outbox_ready.clear()
             await self._sleep(self.settings.poll_interval_seconds, self._outbox_ready)
@@ -335,6 +338,18 @@ class Worker:
                 if isinstance(outcome, Failure):
                     await self._write_failure(lease, outcome)
                     self._outbox.pop(lease.token, None)
+            self._failing_since = None
+        except StoreUnavailable:
+            now = time.monotonic()
+            if self._failing_since is None:
+                self._failing_since = now
+            elif now - self._failing_since > 2 * self.settings.lease_seconds:
+                self._failing_since = None
+                for token, (lease, _) in batch:
+                    if self._outbox.pop(token, None) is not None:
+                        log.error("job %s: giving up writing its outcome; its lease will "
+                                  "expire and it will run again", lease.job_id)
+            raise
         finally:
             self._writing = set()
             self._wake.set()  # a backlog that held claims back may have cleared
