@@ -408,6 +408,12 @@ class SqlStore:
             elif key not in first:
                 first[key] = i
                 fresh.append(i)
+        # Keyed rows go in in key order: a unique-index insert waits for another transaction
+        # that inserted the same key, so two batches that took shared keys in different orders
+        # would deadlock (PostgreSQL). The same order everywhere leaves waits without cycles.
+        # (Ids then follow key order among keyed items; results stay in input order.)
+        fresh.sort(key=lambda i: (news[i].idempotency_key is not None,
+                                  news[i].idempotency_key or "", i))
         with self._write() as conn:
             rows = []
             for start in range(0, len(fresh), self.ENQUEUE_CHUNK):
