@@ -14,6 +14,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 
 from jobq.errors import IdempotencyConflict, StoreUnavailable
 from jobq.types import EnqueueResult, NewJob
@@ -25,23 +26,24 @@ MAX_BATCH = 500
 
 
 class _Waiter:
-    """One caller's job, and what became of it."""
+    """One caller's job, and the future its caller waits on (from a thread with
+    ``result()``, or from an event loop through ``asyncio.wrap_future``)."""
 
-    __slots__ = ("new", "done", "result", "error")
+    __slots__ = ("new", "future")
 
     def __init__(self, new: NewJob) -> None:
         self.new = new
-        self.done = threading.Event()
-        self.result: EnqueueResult | None = None
-        self.error: BaseException | None = None
+        self.future: Future[EnqueueResult] = Future()
+
+    @property
+    def settled(self) -> bool:
+        return self.future.done()
 
     def succeed(self, result: EnqueueResult) -> None:
-        self.result = result
-        self.done.set()
+        self.future.set_result(result)
 
     def fail(self, error: BaseException) -> None:
-        self.error = error
-        self.done.set()
+        self.future.set_exception(error)
 
 
 class GroupCommit:
@@ -77,6 +79,14 @@ class GroupCommit:
 
     def enqueue(self, new: NewJob) -> EnqueueResult:
         """Write ``new``; returns once it is committed. Raises what ``enqueue`` would."""
+        return self.submit(new).result()
+
+    def submit(self, new: NewJob) -> Future[EnqueueResult]:
+        """Hand ``new`` to the flusher; the future settles once it is committed (or failed).
+
+        An event loop awaits it with ``asyncio.wrap_future`` and holds no thread meanwhile.
+        After ``close`` the job is written here and now, and the future is already settled.
+        """
         waiter = _Waiter(new)
         if self._pid != os.getpid():
             self._forked()
@@ -91,12 +101,11 @@ class GroupCommit:
                 self._waiting.append(waiter)
                 self._cond.notify()
         if closed:
-            return self._enqueue(new)
-        waiter.done.wait()
-        if waiter.error is not None:
-            raise waiter.error
-        assert waiter.result is not None
-        return waiter.result
+            try:
+                waiter.succeed(self._enqueue(new))
+            except Exception as exc:  # noqa: BLE001 - handed to the caller through the future
+                waiter.fail(exc)
+        return waiter.future
 
     def close(self) -> None:
         """Write the jobs that wait, then stop the flusher. Idempotent."""
@@ -131,7 +140,7 @@ class GroupCommit:
             except BaseException as exc:  # noqa: BLE001 - the flusher must never die
                 log.exception("group commit failed")
                 for waiter in batch:
-                    if not waiter.done.is_set():
+                    if not waiter.settled:
                         waiter.fail(exc)
 
     def _flush(self, batch: list[_Waiter]) -> None:

@@ -3,6 +3,7 @@ retry, stats. It applies defaults and checks task names; the store does the rest
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -82,6 +83,33 @@ class JobService:
             return self._group.enqueue(new)
         except IdempotencyConflict as exc:
             self._hide_conflict(exc, allowed_queues)
+            raise
+
+    async def enqueue_async(
+        self,
+        task_type: str,
+        payload: Any = None,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int | None = None,
+        run_at: datetime | None = None,
+        delay_seconds: float | None = None,
+        idempotency_key: str | None = None,
+        allowed_queues: Collection[str] | None = None,
+    ) -> EnqueueResult:
+        """``enqueue`` for an event loop (the API's ``POST /jobs``): the same checks and the
+        same group commit, awaited without holding a thread while the commit runs."""
+        new = self._new_job(
+            task_type, payload, queue=queue, priority=priority, max_attempts=max_attempts,
+            run_at=run_at, delay_seconds=delay_seconds, idempotency_key=idempotency_key,
+            allowed_queues=allowed_queues,
+        )
+        try:
+            return await asyncio.wrap_future(self._group.submit(new))
+        except IdempotencyConflict as exc:
+            if allowed_queues is not None:  # the check may read the database
+                await asyncio.to_thread(self._hide_conflict, exc, allowed_queues)
             raise
 
     def enqueue_many(

@@ -23,6 +23,7 @@ for unknown prefixes are kept just as long, never longer; database errors are ne
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import math
@@ -171,6 +172,19 @@ class Authenticator:
                 self._keys[prefix] = (now + self.ttl, key)
         return key, True
 
+    def answers_from_memory(self, token: str | None) -> bool:
+        """Whether ``caller(token)`` can decide without the database (so without blocking)."""
+        configured = self.cached_keys_configured()
+        if configured is None:
+            return False
+        if not configured or token is None:
+            return True
+        parsed = parse_token(token)
+        if parsed is None:
+            return True
+        hit = self._keys.get(parsed.prefix)
+        return hit is not None and hit[0] > self.clock()
+
     # -- the decision -------------------------------------------------------------------------
 
     def caller(self, token: str | None, *, header_given: bool) -> Caller:
@@ -245,15 +259,20 @@ def get_authenticator(request: Request) -> Authenticator:
     return auth
 
 
-def current_caller(
+async def current_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    """The request's caller. A plain ``def``: a lookup may wait on the database."""
-    return get_authenticator(request).caller(
-        credentials.credentials if credentials is not None else None,
-        header_given="authorization" in request.headers,
+    """The request's caller: decided on the event loop when the remembered answers suffice
+    (nearly every request), in the threadpool when the database must be asked."""
+    auth = get_authenticator(request)
+    token = credentials.credentials if credentials is not None else None
+    decide = functools.partial(
+        auth.caller, token, header_given="authorization" in request.headers
     )
+    if auth.answers_from_memory(token):
+        return decide()
+    return await run_in_threadpool(decide)
 
 
 def _needs(scope: str) -> Callable[[Caller], Awaitable[Caller]]:

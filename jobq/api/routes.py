@@ -1,7 +1,10 @@
 """Thin routes over JobService, one router per resource.
 
-The store is synchronous, so every route is a plain ``def``: FastAPI runs it in its threadpool
-and the event loop never waits on the database.
+The store is synchronous, so a route that reads or writes the database is a plain ``def``:
+FastAPI runs it in its threadpool and the event loop never waits on the database. The one
+exception is ``POST /jobs``, the hot path: it hands its job to the group commit and awaits
+the commit without holding a thread (``JobService.enqueue_async``). Dependencies that never
+touch the database are ``async def``, so they cost no trip through the threadpool.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ log = logging.getLogger("jobq.api")
 MAX_JOB_ID = 2**63 - 1
 
 
-def get_service(request: Request) -> JobService:
+async def get_service(request: Request) -> JobService:
     """The JobService that the app's lifespan put in ``app.state``."""
     service: JobService | None = getattr(request.app.state, "service", None)
     if service is None:
@@ -58,7 +61,7 @@ def only_query_params(*names: str) -> Any:
     """
     known = frozenset(names)
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:
         unknown = sorted(set(request.query_params) - known)
         if unknown:
             raise RequestValidationError([
@@ -89,7 +92,7 @@ monitoring = APIRouter(tags=["monitoring"])
         **problem_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
     },
 )
-def submit_job(
+async def submit_job(
     service: Service,
     caller: Enqueuer,
     response: Response,
@@ -115,7 +118,7 @@ def submit_job(
             "msg": "task_type is required, in a JSON body or as a query parameter",
         }])
     assert spec.task_type is not None
-    result = service.enqueue(**_spec(spec), allowed_queues=caller.allowed_queues)
+    result = await service.enqueue_async(**_spec(spec), allowed_queues=caller.allowed_queues)
     if not result.created:
         response.status_code = 200
     return JobOut.model_validate(result.job)
