@@ -32,6 +32,7 @@ from jobq.jsonvalue import check_json_value, text_problem
 
 #: Task, queue and worker-facing names: letters, digits and ``_ . : -``, at most 128.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+_NAME = re.compile(NAME_PATTERN)
 PRIORITY_RANGE = (-1000, 1000)  # higher runs first
 MAX_ATTEMPTS_RANGE = (1, 1000)
 MAX_DELAY_SECONDS = 366 * 86400
@@ -142,9 +143,8 @@ class NewJob:
     idempotency_key: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("task_type", "queue"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value):
+        for name, value in (("task_type", self.task_type), ("queue", self.queue)):
+            if not isinstance(value, str) or not _NAME.fullmatch(value):
                 raise InvalidJob(name, f"must match {NAME_PATTERN}")
         _in_range("priority", self.priority, *PRIORITY_RANGE)
         _in_range("max_attempts", self.max_attempts, *MAX_ATTEMPTS_RANGE)

@@ -18,7 +18,7 @@ def make_engine(settings: Settings) -> Engine:
     url = make_url(settings.sqlalchemy_url)
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(settings)
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
@@ -31,6 +31,16 @@ def make_engine(settings: Settings) -> Engine:
             "application_name": "jobq",
         },
     )
+
+    @event.listens_for(engine, "connect")
+    def _utc_session(dbapi_conn: Any, _record: Any) -> None:
+        # Timestamps then arrive in UTC and need no conversion (tables.Timestamp). Only how
+        # they are shown changes; a session that somehow is not in UTC still reads right.
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SET TIME ZONE 'UTC'")
+        dbapi_conn.commit()
+
+    return engine
 
 
 def _sqlite_engine(settings: Settings) -> Engine:
