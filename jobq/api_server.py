@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from typing import Any
 
 from jobq.errors import ConfigError, JobqError
 from jobq.settings import Settings
@@ -54,12 +56,34 @@ def serve_api(settings: Settings) -> int:
         print(f"jobq: {exc}", file=sys.stderr, flush=True)
         return 2 if isinstance(exc, ConfigError) else 1
 
-    uvicorn.run(
-        create_app(settings),
+    common: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         # Let in-flight requests finish on SIGTERM, but never hang a stop for long.
         timeout_graceful_shutdown=10,
     )
+    if settings.api_processes == 1:
+        uvicorn.run(create_app(settings), **common)
+        return 0
+    # Several processes on one socket (uvicorn's workers, which it restarts when one dies):
+    # each child builds its app from the environment, so these settings go there first.
+    # (Migrating at once from every child is safe: migrations take a lock.)
+    os.environ.update(settings_environment(settings))
+    uvicorn.run("jobq.api.app:create_app", factory=True, workers=settings.api_processes,
+                **common)
     return 0
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """``settings`` as the JOBQ_* variables that load them again (in a child process)."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = ",".join(value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[f"JOBQ_{name.upper()}"] = str(value)
+    return env

@@ -67,11 +67,13 @@ class Options:
     dbs: list[str]
     pg_url: str = DEFAULT_PG_URL
     json_out: Path = Path("bench-results.json")
-    jobs: int = 10_000  # drain size
+    jobs: int = 20_000  # drain size
     workers: int = 2
     concurrency: list[int] = field(default_factory=lambda: [DEFAULT_CONCURRENCY])
     enqueue_jobs: int = 5_000  # single-job enqueues; batched ones enqueue 10x as many
-    batch_size: int = 100
+    batch_sizes: list[int] = field(default_factory=lambda: [100, 1000])
+    #: API processes behind the port for the REST figures (`jobq api --processes N`).
+    api_processes: list[int] = field(default_factory=lambda: [1, 2])
     clients: int = 32
     pickup_samples: int = 200
     pickup_gap_ms: float = 20.0
@@ -83,7 +85,7 @@ class Options:
 
     @classmethod
     def quick_preset(cls, **kw: Any) -> Options:
-        base = dict(jobs=500, enqueue_jobs=200, batch_size=50, clients=32, pickup_samples=25,
+        base = dict(jobs=500, enqueue_jobs=200, batch_sizes=[50], clients=32, pickup_samples=25,
                     growth_finished=[5_000, 20_000], growth_queued=2_000, phase_timeout=60.0,
                     quick=True)
         base.update(kw)
@@ -102,6 +104,20 @@ def vm_hwm_kb(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def api_tree_peak_rss_kb(pid: int) -> int | None:
+    """The largest VmHWM among the API process and its children: with ``--processes N`` the
+    process started is uvicorn's supervisor and the children serve."""
+    pids = [pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                pids.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    peaks = [kb for kb in map(vm_hwm_kb, pids) if kb]
+    return max(peaks) if peaks else None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -407,8 +423,9 @@ class Bench:
         out: dict[str, Any] = {}
         failures: list[str] = []
 
-        def figure(key: str, label: str, total: int | None,
+        def figure(into: Any, key: str | None, label: str, total: int | None,
                    fn: Callable[[Callable[[int], None]], dict[str, Any]]) -> None:
+            """Measure one figure into ``into[key]`` (or append it to the list ``into``)."""
             try:
                 with self.step(f"{tag}: enqueue, {label}", total) as adv:
                     result = fn(adv)
@@ -416,30 +433,47 @@ class Bench:
                     raise PhaseError(
                         f"{result['errors']} failed requests {result['statuses']} "
                         f"{result['error_samples']}; timed out: {result['timed_out']}")
-                out[key] = result
             except PhaseError as exc:
-                out[key] = {"error": str(exc)}
-                failures.append(f"{key}: {exc}")
+                result = {"error": str(exc)}
+                failures.append(f"{label}: {exc}")
+            if key is None:
+                into.append(result)
+            else:
+                into[key] = result
 
         service = self._service(url)
+        n, c = o.enqueue_jobs, o.clients
+        out["python_batch"], out["rest"] = [], []
         try:
-            with self.processes(url) as procs:
-                api = procs.start_api()
-                with self.step(f"{tag}: starting the API", None):
-                    if not procs.wait_api(60):
-                        self._alive([api], "API start")
-                        raise PhaseError("the API did not answer /healthz within 60s")
-                n, nb, b, c = o.enqueue_jobs, o.enqueue_jobs * 10, o.batch_size, o.clients
-                figure("python_single", "Python client, 1 job per call", n,
-                       lambda adv: self._timed_enqueue(service, n, 1, adv))
-                figure("python_batch", f"Python client, batches of {b}", nb,
-                       lambda adv: self._timed_enqueue(service, nb, b, adv))
-                figure("rest_single", f"REST, 1 job per request, {c} clients", None,
-                       lambda adv: run_rest_client(procs.api_url, n, 0, c, o.phase_timeout))
-                figure("rest_batch", f"REST, batches of {b}, {c} clients", None,
-                       lambda adv: run_rest_client(procs.api_url, nb, b, c, o.phase_timeout))
-                self._alive([api], "enqueue over REST")
-                out["api_peak_rss_kb"] = vm_hwm_kb(api.pid)
+            figure(out, "python_single", "Python client, 1 job per call", n,
+                   lambda adv: self._timed_enqueue(service, n, 1, adv))
+            for b in o.batch_sizes:
+                nb = max(10 * n, 20 * b)
+                figure(out["python_batch"], None, f"Python client, batches of {b}", nb,
+                       lambda adv, nb=nb, b=b: self._timed_enqueue(service, nb, b, adv))
+            for k in o.api_processes:
+                rest: dict[str, Any] = {"api_processes": k, "batch": []}
+                out["rest"].append(rest)
+                with self.processes(url) as procs:
+                    api = procs.start_api("--processes", str(k))
+                    with self.step(f"{tag}: starting the API ({k} process(es))", None):
+                        if not procs.wait_api(60):
+                            self._alive([api], "API start")
+                            raise PhaseError("the API did not answer /healthz within 60s")
+                    figure(rest, "single", f"REST, 1 job per request, {c} clients, {k} API "
+                           "process(es)", None,
+                           lambda adv: run_rest_client(procs.api_url, n, 0, c, o.phase_timeout))
+                    for b in o.batch_sizes:
+                        nb = max(10 * n, 4 * c * b)  # several requests per client thread
+                        figure(rest["batch"], None,
+                               f"REST, batches of {b}, {c} clients, {k} API process(es)", None,
+                               lambda adv, nb=nb, b=b: run_rest_client(
+                                   procs.api_url, nb, b, c, o.phase_timeout))
+                    self._alive([api], "enqueue over REST")
+                    rss = api_tree_peak_rss_kb(api.pid)
+                    rest["api_peak_rss_kb"] = rss
+                    if k == 1:
+                        out["api_peak_rss_kb"] = rss
         finally:
             service.close()
             backend.drop(url)
@@ -812,17 +846,20 @@ def report_rows(doc: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
         if any(v != "-" for v in cells.values()):
             rows.append((name, cells))
 
-    def enq(key: str) -> Callable[[dict[str, Any]], Any]:
-        return lambda r: r["enqueue"][key]["jobs_per_s"]
-
     o = doc["options"]
     c = o["clients"]
-    b = o["batch_size"]
-    add("enqueue, Python client, 1 job/call (jobs/s)", enq("python_single"))
-    add(f"enqueue, REST, 1 job/request, {c} client threads in 1 process (jobs/s)",
-        enq("rest_single"))
-    add(f"enqueue, Python client, batches of {b} (jobs/s)", enq("python_batch"))
-    add(f"enqueue, REST, batches of {b}, {c} client threads (jobs/s)", enq("rest_batch"))
+    add("enqueue, Python client, 1 job/call (jobs/s)",
+        lambda r: r["enqueue"]["python_single"]["jobs_per_s"])
+    for i, b in enumerate(o["batch_sizes"]):
+        add(f"enqueue, Python client, batches of {b:,} (jobs/s)",
+            lambda r, i=i: r["enqueue"]["python_batch"][i]["jobs_per_s"])
+    for j, k in enumerate(o["api_processes"]):
+        api = f"{k} API process{'es' if k > 1 else ''}"
+        add(f"enqueue, REST, 1 job/request, {c} clients, {api} (jobs/s)",
+            lambda r, j=j: r["enqueue"]["rest"][j]["single"]["jobs_per_s"])
+        for i, b in enumerate(o["batch_sizes"]):
+            add(f"enqueue, REST, batches of {b:,}, {c} clients, {api} (jobs/s)",
+                lambda r, i=i, j=j: r["enqueue"]["rest"][j]["batch"][i]["jobs_per_s"])
     some = next(iter(dbs.values()), {})
     for i, run in enumerate(some.get("drain", [])):
         label = f"drain {run['jobs']:,} no-op jobs, {run['workers']}×{run['concurrency']}"
@@ -840,7 +877,7 @@ def report_rows(doc: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
     for i, run in enumerate(growth.get("queued", [])):
         add(f"growth: drain of {run['jobs']:,} queued jobs (jobs/s, steady)",
             lambda r, i=i: r["growth"]["queued"][i]["steady_jobs_per_s"])
-    add("peak memory, API process (MB)",
+    add("peak memory, API process, 1 process (MB)",
         lambda r: r["memory"]["api_peak_rss_kb"] / 1024)
     add("peak memory, worker process, max (MB)",
         lambda r: r["memory"]["worker_peak_rss_kb_max"] / 1024)

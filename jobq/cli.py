@@ -110,12 +110,16 @@ def api(
     host: Host = None,
     port: Port = None,
     auto_migrate: AutoMigrate = None,
+    processes: Annotated[Optional[int], typer.Option(
+        "--processes", "-p",
+        help="API processes sharing the port [env JOBQ_API_PROCESSES; default 1]")
+    ] = None,
 ) -> None:
     """Run the REST API server (uvicorn)."""
     from jobq.api_server import serve_api
 
     settings = _settings(database_url=database_url, tasks=tasks, host=host, port=port,
-                         auto_migrate=auto_migrate)
+                         auto_migrate=auto_migrate, api_processes=processes)
     raise typer.Exit(serve_api(settings))
 
 
@@ -290,7 +294,7 @@ def bench(
     quick: Annotated[bool, typer.Option(
         "--quick", help="Tiny sizes: well under a minute per database")] = False,
     jobs: Annotated[Optional[int], typer.Option(
-        "--jobs", min=1, help="Jobs per drain [10000; quick 500]")] = None,
+        "--jobs", min=1, help="Jobs per drain [20000; quick 500]")] = None,
     workers: Annotated[Optional[int], typer.Option(
         "--workers", min=1, max=64, help="Worker processes [2]")] = None,
     concurrency: Annotated[Optional[str], typer.Option(
@@ -299,8 +303,12 @@ def bench(
     enqueue_jobs: Annotated[Optional[int], typer.Option(
         "--enqueue-jobs", min=1, help="Jobs of each one-job-per-call enqueue figure; the "
         "batched ones use 10x as many [5000; quick 200]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(
-        "--batch-size", min=2, help="Jobs per batch [100; quick 50]")] = None,
+    batch_size: Annotated[Optional[str], typer.Option(
+        "--batch-size", help="Jobs per batch; several (e.g. 100,1000) measure each "
+        "[100,1000; quick 50]")] = None,
+    api_processes: Annotated[Optional[str], typer.Option(
+        "--api-processes", help="API processes for the REST figures; several measure each "
+        "[1,2]")] = None,
     clients: Annotated[Optional[int], typer.Option(
         "--clients", min=1, max=256, help="Concurrent REST clients (threads of one client "
         "process) [32]")] = None,
@@ -343,15 +351,19 @@ def bench(
         raise typer.Exit(2)
     given: dict[str, Any] = {
         "jobs": jobs, "workers": workers, "enqueue_jobs": enqueue_jobs,
-        "batch_size": batch_size, "clients": clients, "pickup_samples": pickup_samples,
+        "batch_sizes": ints(batch_size, "--batch-size") if batch_size else None,
+        "api_processes": ints(api_processes, "--api-processes") if api_processes else None,
+        "clients": clients, "pickup_samples": pickup_samples,
         "growth_queued": queued, "phase_timeout": phase_timeout,
         "concurrency": ints(concurrency, "--concurrency") if concurrency else None,
         "growth_finished": ints(finished, "--growth-finished") if finished else None,
     }
     given = {k: v for k, v in given.items() if v is not None}
-    if given.get("concurrency") and min(given["concurrency"]) < 1:
-        typer.secho("jobq: --concurrency must be at least 1", fg="red", err=True)
-        raise typer.Exit(2)
+    for name, low in (("concurrency", 1), ("batch_sizes", 2), ("api_processes", 1)):
+        if given.get(name) and min(given[name]) < low:
+            flag = {"batch_sizes": "batch-size"}.get(name, name).replace("_", "-")
+            typer.secho(f"jobq: --{flag} must be at least {low}", fg="red", err=True)
+            raise typer.Exit(2)
     common = {"dbs": kinds, "pg_url": pg_url, "json_out": Path(json_out), "phases": wanted}
     opts = (Options.quick_preset(**common, **given) if quick
             else Options(**common, **given))

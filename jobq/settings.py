@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     db_timeout_seconds: float = Field(
         10.0, gt=0, le=600, description="Pool wait and SQLite busy timeout."
     )
+    api_processes: int = Field(
+        1, ge=1, le=64, description="API server processes behind the one port of `jobq api` "
+        "(uvicorn workers); each has its own connection pool, group commit and rate limits.",
+    )
     host: str = Field("127.0.0.1", description="Address the API binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the API binds.")
     log_level: str = Field("info", description="debug, info, warning or error.")

@@ -67,13 +67,17 @@ def test_quick_bench(bench_db: str, tmp_path: Path) -> None:
             assert settings[name], name
 
     enqueue = res["enqueue"]
-    for key in ("python_single", "python_batch", "rest_single", "rest_batch"):
-        assert _positive(enqueue[key]["jobs"]), key
-        assert _positive(enqueue[key]["jobs_per_s"]), key
-    for key in ("rest_single", "rest_batch"):
-        assert enqueue[key]["errors"] == 0
-        assert enqueue[key]["client_threads"] == 32 and enqueue[key]["client_processes"] == 1
-    assert enqueue["python_batch"]["batch_size"] == enqueue["rest_batch"]["batch_size"] > 1
+    python = [enqueue["python_single"], *enqueue["python_batch"]]
+    assert [r["batch_size"] for r in python] == [1, 50]
+    assert [r["api_processes"] for r in enqueue["rest"]] == [1, 2]
+    rest = [r for k in enqueue["rest"] for r in (k["single"], *k["batch"])]
+    assert [r["batch_size"] for r in rest] == [1, 50, 1, 50]
+    for figure in python + rest:
+        assert _positive(figure["jobs"]) and _positive(figure["jobs_per_s"]), figure
+    for figure in rest:
+        assert figure["errors"] == 0
+        assert figure["client_threads"] == 32 and figure["client_processes"] == 1
+    assert all(_positive(k["api_peak_rss_kb"]) for k in enqueue["rest"])
 
     assert len(res["drain"]) == 1
     _check_drain(res["drain"][0])

@@ -163,3 +163,45 @@ def test_worker_processes_option_runs_n_workers_and_sigterm_stops_them(
     assert sup.wait(30) == 0, procs.logs()
     wait_for(lambda: all(_gone(w.pid) for w in live), 10, "the worker processes to exit")  # type: ignore[union-attr]
     assert store.stats(live_worker_seconds=60).workers == []
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` that serve (multiprocessing's spawned workers)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z" and b"spawn_main" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_api_processes_option_serves_one_port_from_n_processes_and_sigterm_stops_them(
+    db_url: str, procs: Procs
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    api = procs.start([sys.executable, "-m", "jobq", "api", "--processes", "2", "--port",
+                       str(port)], env_for(db_url), "api")
+    children: list[int] = []
+    try:
+        _wait_healthy(base, procs)
+        children = wait_for(lambda: len(c := _children(api.pid)) == 2 and c, 30,
+                            "two API processes")  # type: ignore[assignment]
+        ids = []
+        for i in range(20):  # a new connection each, so the kernel spreads them
+            resp = httpx.post(f"{base}/jobs", json={"task_type": "echo", "payload": i})
+            assert resp.status_code == 201, resp.text
+            ids.append(resp.json()["id"])
+        assert len(set(ids)) == 20
+        assert httpx.get(f"{base}/stats").json()["jobs"]["pending"] == 20
+        os.kill(api.pid, signal.SIGTERM)
+        assert api.wait(30) == 0, procs.logs()
+        wait_for(lambda: all(_gone(c) for c in children), 10, "the API processes to exit")
+    finally:
+        for child in children:
+            if not _gone(child):
+                os.kill(child, signal.SIGKILL)

@@ -118,10 +118,20 @@ async def submit_job(
             "msg": "task_type is required, in a JSON body or as a query parameter",
         }])
     assert spec.task_type is not None
-    result = await service.enqueue_async(**_spec(spec), allowed_queues=caller.allowed_queues)
+    try:
+        result = await service.enqueue_async(**_spec(spec), allowed_queues=caller.allowed_queues)
+    except InvalidJob as exc:  # NewJob's checks, which the request model leaves to it
+        raise _invalid(exc, "body" if body is not None else "query") from None
     if not result.created:
         response.status_code = 200
     return JobOut.model_validate(result.job)
+
+
+def _invalid(exc: InvalidJob, *where: str | int) -> RequestValidationError:
+    """A job that NewJob refused, as the 422 of a request field (``where``: its place)."""
+    return RequestValidationError([{
+        "type": "value_error", "loc": (*where, exc.field), "msg": exc.problem,
+    }])
 
 
 def _spec(spec: EnqueueRequest | EnqueueQuery) -> dict[str, Any]:
@@ -172,10 +182,10 @@ def submit_jobs(
     except (UnknownTask, InvalidJob) as exc:
         if exc.index is None:
             raise
-        field = "task_type" if isinstance(exc, UnknownTask) else exc.field
+        if isinstance(exc, InvalidJob):
+            raise _invalid(exc, "body", "jobs", exc.index) from None
         raise RequestValidationError([{
-            "type": "unknown_task" if isinstance(exc, UnknownTask) else "value_error",
-            "loc": ("body", "jobs", exc.index, field),
+            "type": "unknown_task", "loc": ("body", "jobs", exc.index, "task_type"),
             "msg": str(exc),
         }]) from None
     if not any(r.created for r in results):

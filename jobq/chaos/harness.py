@@ -157,8 +157,8 @@ class Cluster:
         self.procs.append(proc)
         return self._spawn(proc)
 
-    def start_api(self, **env: str) -> Proc:
-        return self.start("api", ["api", "--port", str(self.api_port)], **env)
+    def start_api(self, *extra: str, **env: str) -> Proc:
+        return self.start("api", ["api", "--port", str(self.api_port), *extra], **env)
 
     def start_worker(self, i: int, *extra: str, prefix: list[str] | None = None,
                      **env: str) -> Proc:
