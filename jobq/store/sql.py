@@ -269,11 +269,11 @@ class SqlStore:
             with conn.begin():
                 yield conn
 
-    def _exists(self, candidates: Select[Any]) -> bool:
-        """Whether a candidate query finds anything, read in a read-only transaction (SQLite
-        renders no FOR UPDATE; this is only used there)."""
+    def _exists(self, query: Select[Any], params: dict[str, Any] | None = None) -> bool:
+        """Whether ``query`` finds anything, read in a read-only transaction (SQLite renders
+        no FOR UPDATE; this is only used there)."""
         with self._read() as conn:
-            return conn.execute(candidates.limit(1)).first() is not None
+            return conn.execute(query, params).first() is not None
 
     def _insert(self) -> Any:
         if self.dialect == "postgresql":
@@ -523,54 +523,22 @@ class SqlStore:
 
         One statement: the candidates are locked with SKIP LOCKED on PostgreSQL, so concurrent
         claimers pass each other by; on SQLite the whole transaction holds the write lock.
+        The attempts are written in the same transaction.
         """
         if limit <= 0:
             return []
-        candidates = (
-            select(jobs.c.id)
-            .where(
-                jobs.c.state == PENDING,
-                jobs.c.queue.in_(list(queues)),
-                jobs.c.run_at <= db_now(),
-            )
-            .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        stmt = (
-            update(jobs)
-            # No second "state = pending" here: the candidates were locked (SKIP LOCKED
-            # re-checks each row's state as it locks it; SQLite holds the write lock), and
-            # with it PostgreSQL, misled by stale statistics, may plan a scan of every
-            # pending row against the picked ids (290 ms a claim with 10k pending).
-            .where(jobs.c.id.in_(self._picked(candidates)))
-            .values(
-                state=RUNNING,
-                attempts=jobs.c.attempts + 1,
-                worker_id=worker_id,
-                lease_token=new_token(),
-                lease_expires_at=seconds_from_now(lease_seconds),
-                started_at=db_now(),
-            )
-            .returning(*jobs.c)
-        )
-        if self._single_writer and not self._exists(candidates):
+        probe, claim, record = self._claim_stmts
+        queues = list(queues)
+        if self._single_writer and not self._exists(probe, {"c_queues": queues}):
             return []
         with self._write() as conn:
-            rows = conn.execute(stmt).all()
+            rows = conn.execute(claim, {
+                "c_queues": queues, "c_limit": limit, "c_worker": worker_id,
+                "c_lease": float(lease_seconds),
+            }).all()
             if not rows:
                 return []
-            # Copied from the rows just claimed, in the database: one statement whose text is
-            # the same for any batch (cached), with no per-row parameters to bind.
-            conn.execute(
-                insert(attempts).from_select(
-                    ["job_id", "attempt", "worker_id", "lease_token", "started_at", "outcome"],
-                    select(
-                        jobs.c.id, jobs.c.attempts, jobs.c.worker_id, jobs.c.lease_token,
-                        jobs.c.started_at, literal(AttemptOutcome.RUNNING.value),
-                    ).where(self._any(jobs.c.id, (r.id for r in rows), BigInteger)),
-                )
-            )
+            conn.execute(record, {"c_ids": [r.id for r in rows]})
         claimed = [
             ClaimedJob(
                 job=_job(r),
@@ -584,6 +552,60 @@ class SqlStore:
         # RETURNING has no order; hand jobs out in the order they were chosen.
         claimed.sort(key=lambda c: (-c.job.priority, c.job.run_at, c.job.id))
         return claimed
+
+    @functools.cached_property
+    def _claim_stmts(self) -> tuple[Any, Any, Any]:
+        """The claim's statements, built once: a statement built per call costs more in
+        SQLAlchemy (building it, then its cache key) than PostgreSQL takes to run it, about
+        half of a one-job claim, which is what an idle worker's pickup waits for.
+
+        - probe: whether any job is due (SQLite looks before it takes the write lock);
+        - claim: the candidates, locked and limited (``_picked``), moved to running;
+        - record: their attempt rows, copied from the claimed rows in the database, with no
+          per-row parameters to bind.
+        """
+        due = and_(jobs.c.state == PENDING, self._in(jobs.c.queue, "c_queues", String),
+                   jobs.c.run_at <= db_now())
+        order = (jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
+        probe = select(jobs.c.id).where(due).limit(1)
+        candidates = (
+            select(jobs.c.id).where(due).order_by(*order)
+            .limit(bindparam("c_limit", type_=Integer))
+            .with_for_update(skip_locked=True)
+        )
+        claim = (
+            update(jobs)
+            # No second "state = pending" here: the candidates were locked (SKIP LOCKED
+            # re-checks each row's state as it locks it; SQLite holds the write lock), and
+            # with it PostgreSQL, misled by stale statistics, may plan a scan of every
+            # pending row against the picked ids (290 ms a claim with 10k pending).
+            .where(jobs.c.id.in_(self._picked(candidates)))
+            .values(
+                state=RUNNING,
+                attempts=jobs.c.attempts + 1,
+                worker_id=bindparam("c_worker", type_=String),
+                lease_token=new_token(),
+                lease_expires_at=seconds_from_now(bindparam("c_lease", type_=Float)),
+                started_at=db_now(),
+            )
+            .returning(*jobs.c)
+        )
+        record = insert(attempts).from_select(
+            ["job_id", "attempt", "worker_id", "lease_token", "started_at", "outcome"],
+            select(
+                jobs.c.id, jobs.c.attempts, jobs.c.worker_id, jobs.c.lease_token,
+                jobs.c.started_at, literal(AttemptOutcome.RUNNING.value),
+            ).where(self._in(jobs.c.id, "c_ids", BigInteger)),
+        )
+        return probe, claim, record
+
+    def _in(self, col: Any, name: str, item_type: Any) -> Any:
+        """``col IN :name`` for a list given at execution, with statement text that is the
+        same for any length: one array parameter on PostgreSQL (prepared once), an
+        expanding parameter on SQLite (whose IN costs nothing to re-parse)."""
+        if self.dialect == "postgresql":
+            return col == any_(bindparam(name, type_=pg_dialect.ARRAY(item_type)))
+        return col.in_(bindparam(name, expanding=True))
 
     @staticmethod
     def _picked(candidates: Select[Any]) -> Select[Any]:
@@ -777,7 +799,7 @@ class SqlStore:
             .with_for_update(skip_locked=True)
         )
         spent = jobs.c.attempts >= jobs.c.max_attempts
-        if self._single_writer and not self._exists(expired):
+        if self._single_writer and not self._exists(expired.limit(1)):
             return []
         with self._write() as conn:
             rows = conn.execute(
