@@ -564,7 +564,12 @@ class SqlStore:
         - record: their attempt rows, copied from the claimed rows in the database, with no
           per-row parameters to bind.
         """
-        due = and_(jobs.c.state == PENDING, self._in(jobs.c.queue, "c_queues", String),
+        # IN, not = ANY(array), for the queues, on PostgreSQL too: with one queue the planner
+        # reads the claim index in its order and stops at the limit; with an array it cannot
+        # know that and sorts every due job first. (A worker's queues never change, so the
+        # text stays the same, and so does the prepared statement.)
+        due = and_(jobs.c.state == PENDING,
+                   jobs.c.queue.in_(bindparam("c_queues", expanding=True)),
                    jobs.c.run_at <= db_now())
         order = (jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
         probe = select(jobs.c.id).where(due).limit(1)
