@@ -121,7 +121,7 @@ def _describe(engine: Engine) -> dict[str, Any]:
 
 
 def test_head_is_a_single_known_revision() -> None:
-    assert head_revision() == "0002"
+    assert head_revision() == "0003"
 
 
 def test_migrate_twice_is_a_noop(fresh_url: Callable[[], str]) -> None:

@@ -949,6 +949,10 @@ class SqlStore:
                 .order_by(jobs.c.finished_at)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
+                # Without statistics SQLite picks the (state, id) index, reads every finished
+                # job and sorts them, on each prune, holding the write lock: a second with a
+                # million finished jobs. By finish time it reads only the ones it deletes.
+                .with_hint(jobs, "INDEXED BY ix_jobq_jobs_finished_at", "sqlite")
             ).scalars().all()
             if not ids:
                 return 0

@@ -170,7 +170,14 @@ Index(
     sqlite_where=text("state = 'running'"),
 )
 Index("ix_jobq_jobs_state_id", jobs.c.state, jobs.c.id)
-Index("ix_jobq_jobs_finished_at", jobs.c.finished_at)
+# Pruning and the stats read finished jobs by finish time; unfinished ones stay out of the
+# index, so inserts and claims do not write to it (migration 0003).
+Index(
+    "ix_jobq_jobs_finished_at",
+    jobs.c.finished_at,
+    postgresql_where=text("finished_at IS NOT NULL"),
+    sqlite_where=text("finished_at IS NOT NULL"),
+)
 
 attempts = Table(
     "jobq_attempts",

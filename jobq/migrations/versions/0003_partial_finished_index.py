@@ -1,0 +1,34 @@
+"""The finished_at index covers finished jobs only.
+
+Every job that is pending or running has no finished_at, yet each insert and each claim (a
+new row version in PostgreSQL) wrote a NULL entry into this index, which only pruning and the
+stats' "finished in the last minute" read. Those queries compare finished_at, which implies
+it is not NULL, so both databases still use the partial index for them.
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-01
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+FINISHED = sa.text("finished_at IS NOT NULL")
+
+
+def upgrade() -> None:
+    op.drop_index("ix_jobq_jobs_finished_at", table_name="jobq_jobs")
+    op.create_index("ix_jobq_jobs_finished_at", "jobq_jobs", ["finished_at"],
+                    postgresql_where=FINISHED, sqlite_where=FINISHED)
+
+
+def downgrade() -> None:
+    op.drop_index("ix_jobq_jobs_finished_at", table_name="jobq_jobs")
+    op.create_index("ix_jobq_jobs_finished_at", "jobq_jobs", ["finished_at"])
