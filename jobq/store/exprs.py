@@ -98,3 +98,27 @@ def _lock_pg(element: try_maintenance_lock, compiler: Any, **kw: Any) -> str:
 @compiles(try_maintenance_lock, "sqlite")
 def _lock_sqlite(element: try_maintenance_lock, compiler: Any, **kw: Any) -> str:
     return "1"
+
+
+class unindexed(FunctionElement[Any]):
+    """A column that SQLite must not choose an index for (a unary ``+``, SQLite's own way to
+    say so); the column itself elsewhere. For a query whose best index SQLite, without
+    statistics, would pass over for one on this column."""
+
+    inherit_cache = True
+
+    def __init__(self, col: ColumnElement[Any]) -> None:
+        super().__init__(col)
+        self.type = col.type
+
+
+@compiles(unindexed)
+def _unindexed(element: unindexed, compiler: Any, **kw: Any) -> str:
+    (col,) = element.clauses
+    return compiler.process(col, **kw)
+
+
+@compiles(unindexed, "sqlite")
+def _unindexed_sqlite(element: unindexed, compiler: Any, **kw: Any) -> str:
+    (col,) = element.clauses
+    return f"+{compiler.process(col, **kw)}"
