@@ -179,7 +179,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def test_api_processes_option_serves_one_port_from_n_processes_and_sigterm_stops_them(
+def test_api_processes_option_serves_one_port_from_n_processes_restarts_and_stops_them(
     db_url: str, procs: Procs
 ) -> None:
     port = free_port()
@@ -198,6 +198,13 @@ def test_api_processes_option_serves_one_port_from_n_processes_and_sigterm_stops
             ids.append(resp.json()["id"])
         assert len(set(ids)) == 20
         assert httpx.get(f"{base}/stats").json()["jobs"]["pending"] == 20
+
+        os.kill(children[0], signal.SIGKILL)  # uvicorn starts another in its place
+        wait_for(lambda: _gone(children[0]), 10, "the killed API process to be gone")
+        children = wait_for(lambda: len(c := _children(api.pid)) == 2 and c, 30,
+                            "a new second API process")  # type: ignore[assignment]
+        for _ in range(10):
+            assert httpx.get(f"{base}/stats").json()["jobs"]["pending"] == 20
         os.kill(api.pid, signal.SIGTERM)
         assert api.wait(30) == 0, procs.logs()
         wait_for(lambda: all(_gone(c) for c in children), 10, "the API processes to exit")
