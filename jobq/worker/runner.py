@@ -94,6 +94,10 @@ class Worker:
         self._outbox: dict[str, tuple[Lease, Outcome]] = {}  # finished, outcome not written
         self._writing: set[str] = set()  # tokens of the outbox batch being written now
         self._outbox_ready = asyncio.Event()
+        # The heartbeat and the outcome writes of one worker lock the same rows, in whatever
+        # order each statement's plan takes them; run at the same time they could deadlock
+        # (PostgreSQL aborts one, a stall of about a second). One at a time, they cannot.
+        self._lease_writes = asyncio.Lock()
         self._failing_since: float | None = None  # when writing the outbox began to fail
         self._db = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jobq-db")
         self._stopping = asyncio.Event()  # stop claiming
@@ -328,7 +332,8 @@ class Worker:
             successes = [(lease, o.result) for lease, o in (v for _, v in batch)
                          if isinstance(o, Success)]
             if successes:
-                taken = await self._call(self.store.complete_many, successes)
+                async with self._lease_writes:
+                    taken = await self._call(self.store.complete_many, successes)
                 for lease, _ in successes:
                     self._outbox.pop(lease.token, None)
                     if lease.token not in taken:
@@ -357,7 +362,10 @@ class Worker:
 
     async def _write_failure(self, lease: Lease, outcome: Failure) -> None:
         delay = self.backoff.delay(lease.attempt)
-        state = await self._call(self.store.fail, lease, outcome.error, outcome.traceback, delay)
+        async with self._lease_writes:
+            state = await self._call(
+                self.store.fail, lease, outcome.error, outcome.traceback, delay
+            )
         if state is None:
             log.warning("job %s: lease lost before its failure was recorded", lease.job_id)
         elif state is JobState.FAILED:
@@ -390,12 +398,13 @@ class Worker:
     # -- leases -------------------------------------------------------------------------------
 
     async def _heartbeat(self) -> float:
-        tokens = [*self._running, *self._outbox]
         try:
-            valid = await self._call(
-                functools.partial(self.store.heartbeat, registration=self.registration),
-                self.worker_id, tokens, self.settings.lease_seconds,
-            )
+            async with self._lease_writes:
+                tokens = [*self._running, *self._outbox]  # after any write in flight ended
+                valid = await self._call(
+                    functools.partial(self.store.heartbeat, registration=self.registration),
+                    self.worker_id, tokens, self.settings.lease_seconds,
+                )
         except StoreUnavailable:
             if time.monotonic() - self._last_heartbeat_ok > self.settings.lease_seconds:
                 self._lose(list(self._running), "no heartbeat got through for a whole lease")
