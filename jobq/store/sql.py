@@ -438,8 +438,9 @@ class SqlStore:
         # that inserted the same key, so two batches that took shared keys in different orders
         # would deadlock (PostgreSQL). The same order everywhere leaves waits without cycles.
         # (Ids then follow key order among keyed items; results stay in input order.)
-        fresh.sort(key=lambda i: (news[i].idempotency_key is not None,
-                                  news[i].idempotency_key or "", i))
+        if first:
+            fresh.sort(key=lambda i: (news[i].idempotency_key is not None,
+                                      news[i].idempotency_key or "", i))
         with self._write() as conn:
             rows = []
             for start in range(0, len(fresh), self.ENQUEUE_CHUNK):
@@ -451,6 +452,11 @@ class SqlStore:
             # after another), so sorted by id the rows pair with the items that were inserted:
             # the fresh ones but those whose key an existing job holds.
             rows.sort(key=lambda r: r.id)
+            if not first:  # no keys: every item was inserted, in order (the common case)
+                if len(rows) != len(news):
+                    raise RuntimeError("enqueue_many: a row per item was expected")
+                return [EnqueueResult(_created_job(new, row), created=True)
+                        for new, row in zip(news, rows)]
             inserted = [i for i in fresh if news[i].idempotency_key in made
                         or news[i].idempotency_key is None]
             if [r.idempotency_key for r in rows] != [news[i].idempotency_key for i in inserted]:
