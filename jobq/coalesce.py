@@ -1,10 +1,12 @@
-"""Group commit: concurrent single enqueues share one transaction.
+"""Group commit: concurrent enqueues of one process share one transaction.
 
 Each enqueue on its own pays a whole transaction, and with fsync on the commit is most of that.
-Here the callers of one process hand their job to one flusher thread and wait; the flusher
-writes everything handed to it with one ``enqueue_many`` and wakes each caller once its job is
-committed. There is no timer: a batch is whatever piled up while the previous commit ran, so a
-lone caller is written at once, and batches grow with the load.
+Here the callers of one process hand their jobs (one, or a batch) to one flusher thread and
+wait; the flusher writes everything handed to it with one ``enqueue_many`` and settles each
+caller's future once its jobs are committed. There is no timer: a group is whatever piled up
+while the previous commit ran, so a lone caller is written at once, and groups grow with the
+load. One writer thread also means that an API process's many requests do not fight over the
+GIL and the connection pool while they write.
 """
 
 from __future__ import annotations
@@ -15,49 +17,54 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from typing import Any
 
 from jobq.errors import IdempotencyConflict, StoreUnavailable
 from jobq.types import EnqueueResult, NewJob
 
 log = logging.getLogger("jobq.coalesce")
 
-#: Most jobs one group commit writes.
-MAX_BATCH = 500
+#: Most jobs one group commit writes (a caller's batch is never split: a larger one is
+#: written as a group of its own).
+MAX_BATCH = 2000
 
 
 class _Waiter:
-    """One caller's job, and the future its caller waits on (from a thread with
-    ``result()``, or from an event loop through ``asyncio.wrap_future``)."""
+    """One caller's jobs, and the future its caller waits on (from a thread with
+    ``result()``, or from an event loop through ``asyncio.wrap_future``): an EnqueueResult
+    for a single job, a list of them for a batch."""
 
-    __slots__ = ("new", "future")
+    __slots__ = ("news", "single", "future")
 
-    def __init__(self, new: NewJob) -> None:
-        self.new = new
-        self.future: Future[EnqueueResult] = Future()
+    def __init__(self, news: Sequence[NewJob], single: bool) -> None:
+        self.news = news
+        self.single = single
+        self.future: Future[Any] = Future()
 
     @property
     def settled(self) -> bool:
         return self.future.done()
 
-    def succeed(self, result: EnqueueResult) -> None:
-        self.future.set_result(result)
+    def succeed(self, results: list[EnqueueResult]) -> None:
+        self.future.set_result(results[0] if self.single else results)
 
     def fail(self, error: BaseException) -> None:
         self.future.set_exception(error)
 
 
 class GroupCommit:
-    """Enqueue jobs one at a time from many threads, written together.
+    """Enqueue jobs from many threads, written together.
 
-    ``enqueue_many`` and ``enqueue`` are the store's: a batch is written with the first, all
+    ``enqueue_many`` and ``enqueue`` are the store's: a group is written with the first, all
     or nothing. When the database is unavailable (StoreUnavailable), every caller of that
-    batch gets that error. One caller's idempotency conflict must not fail the others: its
-    job is taken out, the rest is written again as a batch, and that job is then written
-    alone, which gives its caller its own answer. After any other failure the batch's jobs
-    are written one by one, so that each caller gets its own result or error.
+    group gets that error. One caller's idempotency conflict must not fail the others: its
+    jobs are taken out, the rest is written again as a group, and that caller's jobs are
+    then written alone, which gives it its own answer (for a batch, with the index of the
+    item within that batch). After any other failure each caller's jobs are written alone,
+    so that each caller gets its own result or error.
 
     The flusher thread starts with the first job; ``close`` writes what is waiting, then
-    stops it. Jobs enqueued after ``close`` are written directly, one transaction each.
+    stops it. Jobs enqueued after ``close`` are written directly, one transaction per call.
     """
 
     def __init__(
@@ -79,7 +86,8 @@ class GroupCommit:
 
     def enqueue(self, new: NewJob) -> EnqueueResult:
         """Write ``new``; returns once it is committed. Raises what ``enqueue`` would."""
-        return self.submit(new).result()
+        result: EnqueueResult = self.submit(new).result()
+        return result
 
     def submit(self, new: NewJob) -> Future[EnqueueResult]:
         """Hand ``new`` to the flusher; the future settles once it is committed (or failed).
@@ -87,7 +95,18 @@ class GroupCommit:
         An event loop awaits it with ``asyncio.wrap_future`` and holds no thread meanwhile.
         After ``close`` the job is written here and now, and the future is already settled.
         """
-        waiter = _Waiter(new)
+        return self._submit(_Waiter([new], single=True))
+
+    def submit_many(self, news: Sequence[NewJob]) -> Future[list[EnqueueResult]]:
+        """``submit`` for a batch, written all or nothing: the future settles with its
+        results in input order, or with the error ``enqueue_many`` would raise for it."""
+        if not news:
+            done: Future[list[EnqueueResult]] = Future()
+            done.set_result([])
+            return done
+        return self._submit(_Waiter(list(news), single=False))
+
+    def _submit(self, waiter: _Waiter) -> Future[Any]:
         if self._pid != os.getpid():
             self._forked()
         with self._cond:
@@ -101,10 +120,7 @@ class GroupCommit:
                 self._waiting.append(waiter)
                 self._cond.notify()
         if closed:
-            try:
-                waiter.succeed(self._enqueue(new))
-            except Exception as exc:  # noqa: BLE001 - handed to the caller through the future
-                waiter.fail(exc)
+            self._write_alone(waiter)
         return waiter.future
 
     def close(self) -> None:
@@ -131,25 +147,26 @@ class GroupCommit:
                     self._cond.wait()
                 if not self._waiting:
                     return  # closed, and nothing is left to write
-                batch = [
-                    self._waiting.popleft()
-                    for _ in range(min(self.max_batch, len(self._waiting)))
-                ]
+                group = [self._waiting.popleft()]
+                size = len(group[0].news)
+                while self._waiting and size + len(self._waiting[0].news) <= self.max_batch:
+                    size += len(self._waiting[0].news)
+                    group.append(self._waiting.popleft())
             try:
-                self._flush(batch)
+                self._flush(group)
             except BaseException as exc:  # noqa: BLE001 - the flusher must never die
                 log.exception("group commit failed")
-                for waiter in batch:
+                for waiter in group:
                     if not waiter.settled:
                         waiter.fail(exc)
 
-    def _flush(self, batch: list[_Waiter]) -> None:
+    def _flush(self, group: list[_Waiter]) -> None:
         alone: list[_Waiter] = []  # written one by one once the others are
-        while batch:
+        while group:
             try:
-                results = self._enqueue_many([w.new for w in batch])
+                results = self._enqueue_many([new for w in group for new in w.news])
             except StoreUnavailable as exc:
-                for waiter in batch + alone:
+                for waiter in group + alone:
                     # One error object per caller: each raises it in its own thread.
                     error = StoreUnavailable(str(exc))
                     error.__cause__ = exc
@@ -157,20 +174,38 @@ class GroupCommit:
                 return
             except IdempotencyConflict as exc:
                 if exc.index is None:
-                    alone += batch
+                    alone += group
                     break
-                # That job's own answer comes from writing it alone, after the others (an
-                # earlier job of the batch with its key then holds it); the others go again.
-                alone.append(batch.pop(exc.index))
+                # That caller's own answer comes from writing its jobs alone, after the
+                # others (an earlier job of the group with its key then holds it); the
+                # others go again.
+                alone.append(group.pop(_owner(group, exc.index)))
                 continue
             except Exception:  # noqa: BLE001 - whose it is, the jobs written alone will tell
-                alone += batch
+                alone += group
                 break
-            for waiter, result in zip(batch, results):
-                waiter.succeed(result)
+            start = 0
+            for waiter in group:
+                waiter.succeed(results[start:start + len(waiter.news)])
+                start += len(waiter.news)
             break
         for waiter in alone:
-            try:
-                waiter.succeed(self._enqueue(waiter.new))
-            except Exception as exc:  # noqa: BLE001 - handed to its caller
-                waiter.fail(exc)
+            self._write_alone(waiter)
+
+    def _write_alone(self, waiter: _Waiter) -> None:
+        try:
+            if waiter.single:
+                waiter.succeed([self._enqueue(waiter.news[0])])
+            else:
+                waiter.succeed(self._enqueue_many(waiter.news))
+        except Exception as exc:  # noqa: BLE001 - handed to its caller
+            waiter.fail(exc)
+
+
+def _owner(group: list[_Waiter], index: int) -> int:
+    """The position in ``group`` of the waiter whose jobs hold item ``index`` of the group."""
+    for position, waiter in enumerate(group):
+        if index < len(waiter.news):
+            return position
+        index -= len(waiter.news)
+    raise IndexError("no waiter holds that item")

@@ -29,7 +29,8 @@ class JobService:
         self.store = store
         self.registry = registry
         self.settings = settings
-        # Concurrent enqueues (the API's requests) share transactions; see jobq/coalesce.py.
+        # Concurrent enqueues, single or batched (the API's requests), share transactions
+        # written by one thread; see jobq/coalesce.py.
         self._group = GroupCommit(store.enqueue_many, store.enqueue)
 
     @classmethod
@@ -126,6 +127,33 @@ class JobService:
         InvalidJob, QueueNotFound, IdempotencyConflict) says which in its ``index`` (from 0),
         and then no job of the batch is stored.
         """
+        news = self._new_jobs(specs, allowed_queues)
+        try:
+            return self._group.submit_many(news).result()
+        except IdempotencyConflict as exc:
+            self._hide_conflict(exc, allowed_queues)
+            raise
+
+    async def enqueue_many_async(
+        self,
+        specs: Iterable[Mapping[str, Any]],
+        *,
+        allowed_queues: Collection[str] | None = None,
+    ) -> list[EnqueueResult]:
+        """``enqueue_many`` for an event loop (the API's ``POST /jobs/batch``), awaited
+        without holding a thread while the commit runs."""
+        news = self._new_jobs(specs, allowed_queues)
+        try:
+            return await asyncio.wrap_future(self._group.submit_many(news))
+        except IdempotencyConflict as exc:
+            if allowed_queues is not None:  # the check may read the database
+                await asyncio.to_thread(self._hide_conflict, exc, allowed_queues)
+            raise
+
+    def _new_jobs(
+        self, specs: Iterable[Mapping[str, Any]], allowed_queues: Collection[str] | None
+    ) -> list[NewJob]:
+        """The checked jobs of a batch; an error about one spec names it by ``index``."""
         news = []
         for i, spec in enumerate(specs):
             try:
@@ -133,11 +161,7 @@ class JobService:
             except JobqError as exc:
                 exc.index = i
                 raise
-        try:
-            return self.store.enqueue_many(news)
-        except IdempotencyConflict as exc:
-            self._hide_conflict(exc, allowed_queues)
-            raise
+        return news
 
     def _new_job(
         self,

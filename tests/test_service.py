@@ -289,3 +289,72 @@ def test_a_coalesced_batch_with_conflicts_writes_the_others_as_a_batch(store: Sq
     for i in (0, 1, 3, 5):
         assert out[i].created and store.get(out[i].job.id).payload == news[i].payload
     assert len(store.list_jobs().items) == 1 + 4
+
+
+def test_batches_share_a_group_commit_and_one_batch_conflict_fails_only_that_batch(
+    store: SqlStore,
+) -> None:
+    """Batches and single jobs waiting together are written as one group; a batch that
+    conflicts gets its own error, with the index of the item within that batch, and stores
+    nothing, while the others are stored."""
+    old = store.enqueue(NewJob("echo", payload=1, idempotency_key="old")).job
+    gate, groups = threading.Event(), []
+
+    def enqueue_many(news: Any) -> Any:
+        groups.append([n.payload for n in news])
+        if len(groups) == 1:
+            gate.wait(10)
+        return store.enqueue_many(news)
+
+    group = GroupCommit(enqueue_many, store.enqueue)
+    calls: list[Any] = [
+        [NewJob("echo", payload="first")],
+        [NewJob("echo", payload="a1"), NewJob("echo", payload="a2")],
+        [NewJob("echo", payload="b1"), NewJob("echo", payload=2, idempotency_key="old")],
+        NewJob("echo", payload="single"),
+        [NewJob("echo", payload="c1", idempotency_key="c"),
+         NewJob("echo", payload="c1", idempotency_key="c")],  # a repeat within the batch
+    ]
+    out: list[Any] = [None] * len(calls)
+
+    def submit(i: int) -> None:
+        try:
+            call = calls[i]
+            out[i] = (group.submit_many(call) if isinstance(call, list)
+                      else group.submit(call)).result(10)
+        except Exception as exc:  # noqa: BLE001 - checked below
+            out[i] = exc
+
+    threads = [threading.Thread(target=submit, args=(0,))]
+    threads[0].start()
+    while not groups:
+        time.sleep(0.001)
+    for i in range(1, len(calls)):
+        threads.append(threading.Thread(target=submit, args=(i,)))
+        threads[-1].start()
+        while len(group._waiting) < i:
+            time.sleep(0.001)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    group.close()
+    assert groups == [
+        ["first"],
+        ["a1", "a2", "b1", 2, "single", "c1", "c1"],  # one group; "old" conflicts
+        ["a1", "a2", "single", "c1", "c1"],  # without the conflicting batch
+        ["b1", 2],  # that batch alone, for its own answer
+    ]
+    assert isinstance(out[2], IdempotencyConflict)
+    assert out[2].job_id == old.id and out[2].index == 1
+    assert [r.created for r in out[1]] == [True, True]
+    assert out[3].created and out[3].job.payload == "single"
+    assert [r.created for r in out[4]] == [True, False]
+    assert out[4][0].job.id == out[4][1].job.id
+    payloads = sorted(str(j.payload) for j in store.list_jobs().items)
+    assert payloads == sorted(["1", "first", "a1", "a2", "single", "c1"])
+
+
+def test_an_empty_batch_is_no_write(store: SqlStore) -> None:
+    group = GroupCommit(store.enqueue_many, store.enqueue)
+    assert group.submit_many([]).result(1) == []
+    assert group._thread is None

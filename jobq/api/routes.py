@@ -2,8 +2,9 @@
 
 The store is synchronous, so a route that reads or writes the database is a plain ``def``:
 FastAPI runs it in its threadpool and the event loop never waits on the database. The one
-exception is ``POST /jobs``, the hot path: it hands its job to the group commit and awaits
-the commit without holding a thread (``JobService.enqueue_async``). Dependencies that never
+exceptions are ``POST /jobs`` and ``POST /jobs/batch``, the hot paths: they hand their jobs
+to the group commit and await the commit without holding a thread
+(``JobService.enqueue_async``, ``enqueue_many_async``). Dependencies that never
 touch the database are ``async def``, so they cost no trip through the threadpool.
 """
 
@@ -165,7 +166,7 @@ def _spec(spec: EnqueueRequest | EnqueueQuery) -> dict[str, Any]:
         **problem_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
     },
 )
-def submit_jobs(
+async def submit_jobs(
     service: Service, caller: Enqueuer, response: Response, body: BatchRequest
 ) -> BatchOut:
     most = service.settings.batch_max_jobs
@@ -176,7 +177,7 @@ def submit_jobs(
             "msg": f"at most {most} jobs per batch (JOBQ_BATCH_MAX_JOBS)",
         }])
     try:
-        results = service.enqueue_many(
+        results = await service.enqueue_many_async(
             [_spec(job) for job in body.jobs], allowed_queues=caller.allowed_queues
         )
     except (UnknownTask, InvalidJob) as exc:
