@@ -18,7 +18,6 @@ from fastapi.exceptions import RequestValidationError
 
 from jobq.api.auth import Admin, Enqueuer, Reader
 from jobq.api.models import (
-    BatchJobOut,
     BatchOut,
     BatchRequest,
     EnqueueQuery,
@@ -191,12 +190,11 @@ async def submit_jobs(
         }]) from None
     if not any(r.created for r in results):
         response.status_code = 200
-    return BatchOut(jobs=[
-        BatchJobOut.model_validate(
-            {**{name: getattr(r.job, name) for name in JobOut.model_fields}, "created": r.created}
-        )
-        for r in results
-    ])
+    # One validation of plain dicts (a Job's fields, plus created; the fields JobOut does not
+    # show are ignored): half the time of a model per job, built attribute by attribute.
+    return BatchOut.model_validate(
+        {"jobs": [{**vars(r.job), "created": r.created} for r in results]}
+    )
 
 
 @jobs.get(
