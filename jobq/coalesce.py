@@ -45,6 +45,12 @@ class _Waiter:
     def settled(self) -> bool:
         return self.future.done()
 
+    def take(self) -> bool:
+        """Mark the jobs as being written, so the caller can no longer cancel; False when it
+        already has (an awaiting task that was cancelled cancels this future too): those
+        jobs are then not written, and their caller never hears of them."""
+        return self.future.set_running_or_notify_cancel()
+
     def succeed(self, results: list[EnqueueResult]) -> None:
         self.future.set_result(results[0] if self.single else results)
 
@@ -119,7 +125,7 @@ class GroupCommit:
                     self._thread.start()
                 self._waiting.append(waiter)
                 self._cond.notify()
-        if closed:
+        if closed and waiter.take():
             self._write_alone(waiter)
         return waiter.future
 
@@ -147,11 +153,16 @@ class GroupCommit:
                     self._cond.wait()
                 if not self._waiting:
                     return  # closed, and nothing is left to write
-                group = [self._waiting.popleft()]
-                size = len(group[0].news)
-                while self._waiting and size + len(self._waiting[0].news) <= self.max_batch:
-                    size += len(self._waiting[0].news)
-                    group.append(self._waiting.popleft())
+                group, size = [], 0
+                while self._waiting and (
+                    not group or size + len(self._waiting[0].news) <= self.max_batch
+                ):
+                    waiter = self._waiting.popleft()
+                    if waiter.take():
+                        group.append(waiter)
+                        size += len(waiter.news)
+            if not group:
+                continue  # every one of them was cancelled
             try:
                 self._flush(group)
             except BaseException as exc:  # noqa: BLE001 - the flusher must never die

@@ -358,3 +358,28 @@ def test_an_empty_batch_is_no_write(store: SqlStore) -> None:
     group = GroupCommit(store.enqueue_many, store.enqueue)
     assert group.submit_many([]).result(1) == []
     assert group._thread is None
+
+
+def test_a_cancelled_waiter_is_not_written_and_fails_no_one_else(store: SqlStore) -> None:
+    """An API request whose task was cancelled (client gone, timeout) cancels its future:
+    its job is left out of the group, and the others are written and answered as usual."""
+    gate, groups = threading.Event(), []
+
+    def enqueue_many(news: Any) -> Any:
+        groups.append([n.payload for n in news])
+        if len(groups) == 1:
+            gate.wait(10)
+        return store.enqueue_many(news)
+
+    group = GroupCommit(enqueue_many, store.enqueue)
+    first = group.submit(NewJob("echo", payload="first"))
+    while not groups:
+        time.sleep(0.001)
+    gone = group.submit(NewJob("echo", payload="gone"))
+    kept = group.submit_many([NewJob("echo", payload="kept")])
+    assert gone.cancel()
+    gate.set()
+    assert first.result(10).created and kept.result(10)[0].created
+    group.close()
+    assert groups == [["first"], ["kept"]]
+    assert sorted(j.payload for j in store.list_jobs().items) == ["first", "kept"]
