@@ -33,7 +33,7 @@ from sqlalchemy import delete, select
 
 from jobq.api import create_app
 from jobq.api.auth import RateLimiter, is_loopback
-from jobq.errors import InvalidKeySpec, KeyNotFound
+from jobq.errors import InvalidKeySpec, KeyNotFound, Unauthorized
 from jobq.keys import ApiKey, NewKey, hash_secret, parse_token
 from jobq.service import JobService
 from jobq.settings import Settings, load_settings
@@ -799,3 +799,34 @@ def test_jobq_keys_create_list_revoke(
         assert out.returncode == 1 and message in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr
     assert len(svc.list_keys()) == 2
+
+
+def test_the_event_loop_decides_from_memory_only_and_never_waits_on_the_database(
+    svc: JobService,
+) -> None:
+    from jobq.api.auth import Authenticator
+
+    key, token = svc.create_key("k", ["*"], ["read"])
+    now = [1000.0]
+    auth = Authenticator(svc, clock=lambda: now[0])
+    asked: list[str] = []
+    for name in ("keys_configured", "find_key", "touch_key"):
+        real = getattr(svc, name)
+        setattr(svc, name, lambda *a, _n=name, _real=real: (asked.append(_n), _real(*a))[1])
+
+    assert auth.caller_from_memory(token, header_given=True) is None  # nothing remembered
+    assert asked == []
+    assert auth.caller(token, header_given=True).key.id == key.id  # asks the database
+    assert asked == ["keys_configured", "find_key", "touch_key"]
+    asked.clear()
+    assert auth.caller_from_memory(token, header_given=True).key.id == key.id
+    from jobq.keys import new_token
+
+    unknown = str(new_token())  # well formed, its prefix never looked up
+    assert auth.caller_from_memory(unknown, header_given=True) is None
+    with pytest.raises(Unauthorized):  # malformed: refused without asking anyone
+        auth.caller_from_memory("jobq_bogus", header_given=True)
+    assert asked == []
+    now[0] += auth.ttl + 0.1  # what it remembered is stale: the database must be asked
+    assert auth.caller_from_memory(token, header_given=True) is None
+    assert asked == []

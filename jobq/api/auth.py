@@ -147,21 +147,31 @@ class Authenticator:
 
     def keys_configured(self) -> bool:
         """Whether any active key exists (else the API is open). Raises StoreUnavailable."""
+        answer = self._keys_configured(memory_only=False)
+        assert answer is not None
+        return answer
+
+    def _keys_configured(self, *, memory_only: bool) -> bool | None:
         cached = self.cached_keys_configured()
-        if cached is not None:
+        if cached is not None or memory_only:
             return cached
         now = self.clock()
         answer = self.service.keys_configured()
         self._configured = (now + self.ttl, answer)
         return answer
 
-    def _lookup(self, prefix: str) -> tuple[ApiKey | None, bool]:
-        """The key with ``prefix`` and whether it was just read from the database."""
+    def _lookup(
+        self, prefix: str, *, memory_only: bool
+    ) -> tuple[ApiKey | None, bool] | None:
+        """The key with ``prefix`` and whether it was just read from the database; None when
+        ``memory_only`` and it is not remembered."""
         now = self.clock()
         with self._lock:
             hit = self._keys.get(prefix)
         if hit is not None and hit[0] > now:
             return hit[1], False
+        if memory_only:
+            return None
         key = self.service.find_key(prefix)
         if self.ttl > 0:
             with self._lock:
@@ -172,19 +182,6 @@ class Authenticator:
                 self._keys[prefix] = (now + self.ttl, key)
         return key, True
 
-    def answers_from_memory(self, token: str | None) -> bool:
-        """Whether ``caller(token)`` can decide without the database (so without blocking)."""
-        configured = self.cached_keys_configured()
-        if configured is None:
-            return False
-        if not configured or token is None:
-            return True
-        parsed = parse_token(token)
-        if parsed is None:
-            return True
-        hit = self._keys.get(parsed.prefix)
-        return hit is not None and hit[0] > self.clock()
-
     # -- the decision -------------------------------------------------------------------------
 
     def caller(self, token: str | None, *, header_given: bool) -> Caller:
@@ -192,7 +189,21 @@ class Authenticator:
 
         Raises Unauthorized (401), RateLimited (429) or StoreUnavailable (503).
         """
-        if not self.keys_configured():
+        decided = self._decide(token, header_given, memory_only=False)
+        assert decided is not None
+        return decided
+
+    def caller_from_memory(self, token: str | None, *, header_given: bool) -> Caller | None:
+        """``caller``, decided from what is remembered alone, never waiting on the database
+        (so it may run on the event loop); None when the database must be asked."""
+        return self._decide(token, header_given, memory_only=True)
+
+    def _decide(self, token: str | None, header_given: bool, *,
+                memory_only: bool) -> Caller | None:
+        configured = self._keys_configured(memory_only=memory_only)
+        if configured is None:
+            return None
+        if not configured:
             return Caller(key=None)  # open mode: OpenApiGuard keeps it on loopback
         if token is None:
             raise Unauthorized(
@@ -200,7 +211,11 @@ class Authenticator:
                 invalid_token=header_given,
             )
         parsed = parse_token(token)
-        key, fresh = self._lookup(parsed.prefix) if parsed is not None else (None, False)
+        found = (self._lookup(parsed.prefix, memory_only=memory_only) if parsed is not None
+                 else (None, False))
+        if found is None:
+            return None
+        key, fresh = found
         # matches() compares hashes in constant time; the prefix is public anyway.
         if parsed is None or key is None or not key.active or not key.matches(parsed.secret):
             raise Unauthorized(
@@ -267,12 +282,11 @@ async def current_caller(
     (nearly every request), in the threadpool when the database must be asked."""
     auth = get_authenticator(request)
     token = credentials.credentials if credentials is not None else None
-    decide = functools.partial(
-        auth.caller, token, header_given="authorization" in request.headers
-    )
-    if auth.answers_from_memory(token):
-        return decide()
-    return await run_in_threadpool(decide)
+    given = "authorization" in request.headers
+    caller = auth.caller_from_memory(token, header_given=given)
+    if caller is not None:
+        return caller
+    return await run_in_threadpool(functools.partial(auth.caller, token, header_given=given))
 
 
 def _needs(scope: str) -> Callable[[Caller], Awaitable[Caller]]:
