@@ -23,6 +23,7 @@ A second signal skips the rest of the grace period.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -31,7 +32,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -97,6 +98,8 @@ class Worker:
         # The heartbeat and the outcome writes of one worker lock the same rows, in whatever
         # order each statement's plan takes them; run at the same time they could deadlock
         # (PostgreSQL aborts one, a stall of about a second). One at a time, they cannot.
+        # The heartbeat waits at most one heartbeat interval for its turn, though: a write
+        # that hangs must not let the leases of the running jobs expire.
         self._lease_writes = asyncio.Lock()
         self._failing_since: float | None = None  # when writing the outbox began to fail
         self._db = ThreadPoolExecutor(max_workers=4, thread_name_prefix="jobq-db")
@@ -251,7 +254,8 @@ class Worker:
         await asyncio.gather(*(r.task for r in leftovers), return_exceptions=True)  # type: ignore[misc]
         leases = [r.claimed.lease for r in leftovers]
         try:
-            n = await self._call(self.store.release, leases)
+            async with self._lease_writes:
+                n = await self._call(self.store.release, leases)
             log.info("released %d unfinished job(s) back to pending", n)
         except StoreUnavailable as exc:
             log.warning("could not release %d job(s); their leases will expire: %s",
@@ -388,7 +392,8 @@ class Worker:
             return
         leases = [lease for lease, _ in self._outbox.values()]
         try:
-            n = await self._call(self.store.release, leases)
+            async with self._lease_writes:
+                n = await self._call(self.store.release, leases)
             log.warning("%d finished job(s) could not be written; %d released to run again",
                         len(leases), n)
         except StoreUnavailable as exc:
@@ -399,7 +404,7 @@ class Worker:
 
     async def _heartbeat(self) -> float:
         try:
-            async with self._lease_writes:
+            async with self._turn(self.settings.heartbeat_seconds):
                 tokens = [*self._running, *self._outbox]  # after any write in flight ended
                 valid = await self._call(
                     functools.partial(self.store.heartbeat, registration=self.registration),
@@ -420,6 +425,21 @@ class Worker:
                 log.warning("job %s: lease lost before its outcome was written; discarded",
                             lease.job_id)
         return self.settings.heartbeat_seconds
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, patience: float) -> AsyncIterator[None]:
+        """``_lease_writes``, waited for at most ``patience`` seconds; then without it."""
+        try:
+            await asyncio.wait_for(self._lease_writes.acquire(), timeout=patience)
+        except asyncio.TimeoutError:
+            log.warning("an outcome write has taken over %.0fs; heartbeating alongside it",
+                        patience)
+            yield
+            return
+        try:
+            yield
+        finally:
+            self._lease_writes.release()
 
     def _lose(self, tokens: Sequence[str], why: str) -> None:
         for token in tokens:
