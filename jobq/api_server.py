@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -66,13 +67,47 @@ def serve_api(settings: Settings) -> int:
     if settings.api_processes == 1:
         uvicorn.run(create_app(settings), **common)
         return 0
-    # Several processes on one socket (uvicorn's workers, which it restarts when one dies):
-    # each child builds its app from the environment, so these settings go there first.
-    # (Migrating at once from every child is safe: migrations take a lock.)
+    # Several processes on one socket (uvicorn's workers, which it restarts when one dies).
+    # uvicorn's supervisor ends quietly when its children cannot start, so what would stop
+    # them (the database, the task modules, the schema) is tried here first, once.
+    from jobq.service import JobService
+
+    try:
+        JobService.from_settings(settings).close()
+    except (JobqError, ImportError) as exc:
+        print(f"jobq: cannot start the API: {exc}", file=sys.stderr, flush=True)
+        return 2 if isinstance(exc, (ConfigError, ImportError)) else 1
+    # Each child builds its app from the environment, so these settings go there first.
     os.environ.update(settings_environment(settings))
-    uvicorn.run("jobq.api.app:create_app", factory=True, workers=settings.api_processes,
+    os.environ[_SUPERVISOR_PID] = str(os.getpid())
+    uvicorn.run("jobq.api_server:child_app", factory=True, workers=settings.api_processes,
                 **common)
     return 0
+
+
+#: The PID of `jobq api --processes N`'s supervisor, as its children see it.
+_SUPERVISOR_PID = "_JOBQ_API_SUPERVISOR_PID"
+
+
+def child_app() -> Any:
+    """The app of one process of `jobq api --processes N`: its settings come from the
+    environment (``settings_environment``), and it stops when the supervisor dies, even by
+    SIGKILL, so that no orphan keeps serving the port the next supervisor needs."""
+    from jobq.api import create_app
+
+    _stop_with_parent()
+    return create_app()
+
+
+def _stop_with_parent() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if str(os.getppid()) != os.environ.get(_SUPERVISOR_PID, str(os.getppid())):
+        os.kill(os.getpid(), signal.SIGTERM)  # the supervisor died before prctl took
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:

@@ -208,7 +208,25 @@ def test_api_processes_option_serves_one_port_from_n_processes_restarts_and_stop
         os.kill(api.pid, signal.SIGTERM)
         assert api.wait(30) == 0, procs.logs()
         wait_for(lambda: all(_gone(c) for c in children), 10, "the API processes to exit")
+
+        # A supervisor killed outright leaves no orphan serving the port.
+        api = procs.start([sys.executable, "-m", "jobq", "api", "--processes", "2", "--port",
+                           str(port)], env_for(db_url), "api")
+        _wait_healthy(base, procs)
+        children = wait_for(lambda: len(c := _children(api.pid)) == 2 and c, 30,
+                            "two API processes again")  # type: ignore[assignment]
+        os.kill(api.pid, signal.SIGKILL)
+        api.wait(10)
+        wait_for(lambda: all(_gone(c) for c in children), 20, "the orphans to stop")
     finally:
         for child in children:
             if not _gone(child):
                 os.kill(child, signal.SIGKILL)
+
+
+def test_api_processes_option_fails_loudly_when_it_cannot_start(procs: Procs) -> None:
+    env = env_for("postgresql://postgres@127.0.0.1:1/nowhere", JOBQ_DB_TIMEOUT_SECONDS="2")
+    api = procs.start([sys.executable, "-m", "jobq", "api", "--processes", "2", "--port",
+                       str(free_port())], env, "api")
+    assert api.wait(60) == 1, procs.logs()
+    assert "cannot start the API" in procs.logs()
