@@ -10,6 +10,10 @@ Closing an attempt changes no indexed column, so PostgreSQL can write the new ro
 the same page without touching the attempts' three indexes (a HOT update), but only when the
 page has room: with the default fillfactor of 100 it had none, and 86 % of those updates
 wrote three index entries each. (The jobs table gains nothing from this: its state is indexed.)
+The new fillfactor applies to pages written from now on.
+
+The index is rebuilt inside the migration's one transaction, so the jobs table is locked
+while it builds: about 0.2 s per million finished jobs on a 2-core machine (measured).
 
 Revision ID: 0003
 Revises: 0002
