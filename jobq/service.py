@@ -91,21 +91,12 @@ class JobService:
         task_type: str,
         payload: Any = None,
         *,
-        queue: str = "default",
-        priority: int = 0,
-        max_attempts: int | None = None,
-        run_at: datetime | None = None,
-        delay_seconds: float | None = None,
-        idempotency_key: str | None = None,
         allowed_queues: Collection[str] | None = None,
+        **options: Any,
     ) -> EnqueueResult:
-        """``enqueue`` for an event loop (the API's ``POST /jobs``): the same checks and the
-        same group commit, awaited without holding a thread while the commit runs."""
-        new = self._new_job(
-            task_type, payload, queue=queue, priority=priority, max_attempts=max_attempts,
-            run_at=run_at, delay_seconds=delay_seconds, idempotency_key=idempotency_key,
-            allowed_queues=allowed_queues,
-        )
+        """``enqueue`` (the same arguments, checks and group commit) for an event loop (the
+        API's ``POST /jobs``), awaited without holding a thread while the commit runs."""
+        new = self._new_job(task_type, payload, allowed_queues=allowed_queues, **options)
         try:
             return await asyncio.wrap_future(self._group.submit(new))
         except IdempotencyConflict as exc:
