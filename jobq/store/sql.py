@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Engine,
     Float,
@@ -26,14 +27,10 @@ from sqlalchemy import (
     Select,
     String,
     Text,
-    BigInteger,
-    String,
-    Text,
     and_,
     any_,
     bindparam,
     case,
-    cast,
     cast,
     column,
     delete,
