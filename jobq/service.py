@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -97,12 +98,8 @@ class JobService:
         """``enqueue`` (the same arguments, checks and group commit) for an event loop (the
         API's ``POST /jobs``), awaited without holding a thread while the commit runs."""
         new = self._new_job(task_type, payload, allowed_queues=allowed_queues, **options)
-        try:
-            return await asyncio.wrap_future(self._group.submit(new))
-        except IdempotencyConflict as exc:
-            if allowed_queues is not None:  # the check may read the database
-                await asyncio.to_thread(self._hide_conflict, exc, allowed_queues)
-            raise
+        result: EnqueueResult = await self._committed(self._group.submit(new), allowed_queues)
+        return result
 
     def enqueue_many(
         self,
@@ -134,8 +131,18 @@ class JobService:
         """``enqueue_many`` for an event loop (the API's ``POST /jobs/batch``), awaited
         without holding a thread while the commit runs."""
         news = self._new_jobs(specs, allowed_queues)
+        results: list[EnqueueResult] = await self._committed(
+            self._group.submit_many(news), allowed_queues
+        )
+        return results
+
+    async def _committed(
+        self, future: Future[Any], allowed_queues: Collection[str] | None
+    ) -> Any:
+        """What the group commit's ``future`` settles with, awaited on the event loop; an
+        idempotency conflict is hidden as ``enqueue`` hides it."""
         try:
-            return await asyncio.wrap_future(self._group.submit_many(news))
+            return await asyncio.wrap_future(future)
         except IdempotencyConflict as exc:
             if allowed_queues is not None:  # the check may read the database
                 await asyncio.to_thread(self._hide_conflict, exc, allowed_queues)
