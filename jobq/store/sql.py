@@ -633,16 +633,8 @@ class SqlStore:
         record = insert(attempts).from_select(columns, select(
             jobs.c.id, jobs.c.attempts, jobs.c.worker_id, jobs.c.lease_token,
             jobs.c.started_at, running,
-        ).where(self._in(jobs.c.id, "c_ids", BigInteger)))
+        ).where(jobs.c.id.in_(bindparam("c_ids", expanding=True))))
         return probe, claim, record
-
-    def _in(self, col: Any, name: str, item_type: Any) -> Any:
-        """``col IN :name`` for a list given at execution, with statement text that is the
-        same for any length: one array parameter on PostgreSQL (prepared once), an
-        expanding parameter on SQLite (whose IN costs nothing to re-parse)."""
-        if self.dialect == "postgresql":
-            return col == any_(bindparam(name, type_=pg_dialect.ARRAY(item_type)))
-        return col.in_(bindparam(name, expanding=True))
 
     @staticmethod
     def _picked(candidates: Select[Any]) -> Select[Any]:
