@@ -217,25 +217,6 @@ class Backend:
         self._pg.clear()
 
 
-def db_settings(store: Any) -> dict[str, Any]:
-    """The settings the store's engine runs with, read through one of its connections."""
-    with store.engine.connect() as conn:
-        if store.dialect == "postgresql":
-            out = {name: conn.exec_driver_sql(f"SHOW {name}").scalar()
-                   for name in ("server_version", "fsync", "synchronous_commit",
-                                "shared_buffers", "wal_level", "max_connections")}
-        else:
-            sync = conn.exec_driver_sql("PRAGMA synchronous").scalar()
-            out = {
-                "sqlite_version": conn.exec_driver_sql("select sqlite_version()").scalar(),
-                "journal_mode": conn.exec_driver_sql("PRAGMA journal_mode").scalar(),
-                "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(sync, sync),
-                "busy_timeout_ms": conn.exec_driver_sql("PRAGMA busy_timeout").scalar(),
-            }
-        conn.rollback()
-    return out
-
-
 # -- the REST load generator (a separate process) --------------------------------------------
 
 
@@ -658,7 +639,7 @@ class Bench:
             url = backend.new_url("settings")
             service = self._service(url)
             try:
-                res["settings"] = db_settings(service.store)
+                res["settings"] = service.store.server_settings()
             finally:
                 service.close()
                 backend.drop(url)

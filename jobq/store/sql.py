@@ -13,7 +13,7 @@ import binascii
 import functools
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
@@ -302,6 +302,36 @@ class SqlStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    def listen(
+        self, queues: Collection[str], wake: Callable[[], None]
+    ) -> Coroutine[Any, Any, None] | None:
+        """A coroutine that calls ``wake`` whenever jobs of ``queues`` may have become due
+        (PostgreSQL LISTEN, on its own connection; runs until cancelled), or None where the
+        database sends no wake-ups (SQLite: its workers poll)."""
+        from jobq.store.notify import listen, listen_dsn
+
+        dsn = listen_dsn(self.engine)
+        return None if dsn is None else listen(dsn, queues, wake)
+
+    @_translate
+    def server_settings(self) -> dict[str, Any]:
+        """The database server's settings that bound a benchmark's figures."""
+        with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                out = {name: conn.exec_driver_sql(f"SHOW {name}").scalar()
+                       for name in ("server_version", "fsync", "synchronous_commit",
+                                    "shared_buffers", "wal_level", "max_connections")}
+            else:
+                sync = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+                out = {
+                    "sqlite_version": conn.exec_driver_sql("select sqlite_version()").scalar(),
+                    "journal_mode": conn.exec_driver_sql("PRAGMA journal_mode").scalar(),
+                    "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(sync, sync),
+                    "busy_timeout_ms": conn.exec_driver_sql("PRAGMA busy_timeout").scalar(),
+                }
+            conn.rollback()
+        return out
 
     @_translate
     def ping(self) -> datetime:

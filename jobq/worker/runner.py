@@ -42,7 +42,6 @@ from jobq.registry import JobContext, TaskRegistry, load_registry
 from jobq.retry import Backoff
 from jobq.settings import Settings
 from jobq.store import SqlStore, open_store
-from jobq.store.notify import listen, listen_dsn
 from jobq.types import (
     ClaimedJob,
     Failure,
@@ -177,10 +176,11 @@ class Worker:
             asyncio.create_task(self._loop("rescue", self._rescue, self._stopped)),
         ]
         side.append(asyncio.create_task(self._loop("prune", self._prune, self._stopped)))
-        dsn = listen_dsn(self.store.engine) if self.settings.listen_enabled else None
+        listening = (self.store.listen(self.queues or [], self._wake.set)
+                     if self.settings.listen_enabled else None)
         listener = None
-        if dsn is not None:
-            listener = asyncio.create_task(listen(dsn, self.queues or [], self._wake.set))
+        if listening is not None:
+            listener = asyncio.create_task(listening)
             side.append(listener)
         if self.settings.heartbeat_enabled:
             side.append(
