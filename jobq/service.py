@@ -225,9 +225,9 @@ class JobService:
             if queue is not None and queue not in allowed_queues:
                 raise QueueNotFound(queue)
             if queue is None:
-                return self.store.list_jobs_in_queues(
-                    sorted(allowed_queues), state=state, task_type=task_type, limit=limit,
-                    cursor=cursor,
+                return self.store.list_jobs(
+                    state=state, task_type=task_type, limit=limit, cursor=cursor,
+                    queues=sorted(allowed_queues),
                 )
         return self.store.list_jobs(
             state=state, queue=queue, task_type=task_type, limit=limit, cursor=cursor
@@ -251,7 +251,7 @@ class JobService:
         # A worker counts as live while its heartbeat is younger than two leases.
         live = 2 * self.settings.lease_seconds
         if allowed_queues is not None:
-            return self.store.stats_in_queues(sorted(allowed_queues), live_worker_seconds=live)
+            return self.store.stats(live_worker_seconds=live, queues=sorted(allowed_queues))
         return self.store.stats(live_worker_seconds=live)
 
     def task_types(self) -> Sequence[str]:

@@ -31,7 +31,7 @@ from jobq.registry import load_registry
 from jobq.service import JobService
 from jobq.settings import Settings, load_settings
 from jobq.store import SqlStore
-from jobq.store.engine import make_engine
+from jobq.store import make_engine
 
 REPO = Path(__file__).resolve().parents[1]
 PROBLEM = "application/problem+json"

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from jobq.settings import load_settings
 from jobq.store import SqlStore
-from jobq.store.engine import make_engine
+from jobq.store import make_engine
 from jobq.store.migrate import (
     VERSION_TABLE,
     _config,
@@ -198,7 +198,7 @@ def test_downgrade_to_base_and_up_again(fresh_url: Callable[[], str]) -> None:
 _MIGRATE_AT_ONCE = """
 import os, sys, time
 from jobq.settings import load_settings
-from jobq.store.engine import make_engine
+from jobq.store import make_engine
 from jobq.store.migrate import current_revision, migrate
 
 url, go = sys.argv[1], sys.argv[2]

@@ -24,7 +24,7 @@ from jobq.registry import TaskRegistry, load_registry
 from jobq.service import JobService
 from jobq.settings import Settings, load_settings
 from jobq.store import SqlStore
-from jobq.store.engine import make_engine
+from jobq.store import make_engine
 from jobq.types import NewJob
 
 

@@ -28,9 +28,10 @@ from jobq.errors import (
 )
 from jobq.settings import Settings
 from jobq.store import SqlStore
-from jobq.store.engine import make_engine
+from jobq.store import make_engine
 from jobq.store.exprs import seconds_from_now
-from jobq.store.sql import NOTIFY_CHANNEL, encode_cursor
+from jobq.store.postgres import NOTIFY_CHANNEL
+from jobq.store.rows import encode_cursor
 from jobq.store.tables import jobs, workers
 from jobq.types import (
     AttemptOutcome,
@@ -408,7 +409,7 @@ def test_concurrent_batches_with_shared_keys_create_each_job_once(store: SqlStor
 
 
 def _listener(store: SqlStore) -> Any:
-    if store.dialect != "postgresql":
+    if store.dialect.name != "postgresql":
         pytest.skip("NOTIFY is PostgreSQL's; SQLite workers poll")
     dsn = store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     conn = psycopg.connect(dsn, autocommit=True)

@@ -15,8 +15,8 @@ from sqlalchemy import text
 
 from jobq.store import SqlStore
 from jobq.store.exprs import MAINTENANCE_LOCK
-from jobq.store.notify import listen_dsn
-from jobq.store.sql import NOTIFY_CHANNEL
+from jobq.store.postgres import listen_dsn
+from jobq.store.postgres import NOTIFY_CHANNEL
 from jobq.types import AttemptOutcome, JobState
 
 
@@ -91,7 +91,7 @@ def test_prune_works_in_batches(store: SqlStore) -> None:
 
 
 def test_only_one_process_prunes_at_a_time(store: SqlStore, db_url: str) -> None:
-    if store.dialect != "postgresql":
+    if store.dialect.name != "postgresql":
         pytest.skip("SQLite has one writer at a time anyway (BEGIN IMMEDIATE)")
     store.cancel(enqueue(store).id)
     time.sleep(0.05)

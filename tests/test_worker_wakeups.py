@@ -12,7 +12,7 @@ import pytest
 
 from jobq.errors import JobNotFound
 from jobq.store import SqlStore
-from jobq.store.notify import listen_dsn
+from jobq.store.postgres import listen_dsn
 from jobq.types import JobState, NewJob
 from procs import Procs, env_for, wait_for
 

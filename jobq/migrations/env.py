@@ -26,7 +26,7 @@ connection = context.config.attributes.get("connection")
 if connection is None:
     # Plain `alembic` CLI use: build the connection from jobq's settings.
     from jobq.settings import load_settings
-    from jobq.store.engine import make_engine
+    from jobq.store import make_engine
 
     engine = make_engine(load_settings())
     with engine.begin() as conn:

@@ -1,4 +1,9 @@
-"""Storage: the only package of jobq with SQL in it."""
+"""Storage: the only package of jobq with SQL in it.
+
+``open_store(settings)`` picks the dialect once, from the URL, and returns a ``SqlStore``
+composed of the concerns (enqueue, queries, leases, operator, maintenance, api_keys,
+tooling); ``dialect.py`` is the seam, ``postgres.py`` and ``sqlite.py`` its two sides.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,16 @@ from sqlalchemy import exc as sa_exc
 
 from jobq.errors import ConfigError, StoreUnavailable
 from jobq.settings import Settings
-from jobq.store.engine import make_engine
+from jobq.store.dialect import dialect_for
 from jobq.store.migrate import current_revision, head_revision, migrate
-from jobq.store.sql import SqlStore
+from jobq.store.store import SqlStore
 
 __all__ = ["SqlStore", "open_store", "make_engine", "migrate"]
+
+
+def make_engine(settings: Settings) -> Engine:
+    """An engine for the configured database, set up as its dialect needs."""
+    return dialect_for(settings.sqlalchemy_url).make_engine(settings)
 
 
 def open_store(settings: Settings, *, auto_migrate: bool | None = None) -> SqlStore:
@@ -20,13 +30,14 @@ def open_store(settings: Settings, *, auto_migrate: bool | None = None) -> SqlSt
     With migrations off, a schema that is not current is a configuration error (run
     ``jobq migrate``) rather than a stream of "no such table" errors later.
     """
-    engine = make_engine(settings)
+    dialect = dialect_for(settings.sqlalchemy_url)
+    engine = dialect.make_engine(settings)
     try:
         _check_schema(engine, settings.auto_migrate if auto_migrate is None else auto_migrate)
     except sa_exc.OperationalError as exc:
         engine.dispose()
         raise StoreUnavailable(f"cannot reach the database: {exc.orig}") from exc
-    return SqlStore(engine)
+    return SqlStore(engine, dialect)
 
 
 def _check_schema(engine: Engine, auto_migrate: bool) -> None:

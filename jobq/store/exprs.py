@@ -1,19 +1,42 @@
-"""The few SQL expressions whose text differs between PostgreSQL and SQLite.
+"""The SQL expressions the store's statements share: the fencing guard, and the few whose
+text differs between PostgreSQL and SQLite.
 
-Each compiles per dialect, so the statements in ``sql.py`` are written once. All times come
-from the database's clock (invariant 5): a worker's own clock never enters a statement.
+Those compile per dialect, so the statements of the concern modules are written once. All
+times come from the database's clock (invariant 5): a worker's own clock never enters a
+statement.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import literal
+from sqlalchemy import and_, literal
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 from sqlalchemy.types import Boolean, String
 
-from jobq.store.tables import Timestamp
+from jobq.store.tables import Timestamp, jobs
+from jobq.types import JobState
+
+_RUNNING = JobState.RUNNING.value
+
+#: Clearing the lease is part of every move out of ``running``.
+NO_LEASE = {"worker_id": None, "lease_token": None, "lease_expires_at": None}
+
+
+def held(token: Any, job_id: Any = None) -> ColumnElement[bool]:
+    """THE fencing guard: the job is running under the claim whose token is ``token``.
+
+    ``token`` is a value, a bound parameter or a column; or, for a set of claims, a ready
+    condition on ``jobs.lease_token`` (the dialect's ``any_of``). ``job_id`` names the row
+    when the caller knows it. Every write by a claim's holder is guarded by this, so a worker
+    whose lease was lost (rescued, cancelled) changes nothing: zero rows means somebody else
+    got there first.
+    """
+    is_condition = isinstance(token, ColumnElement) and isinstance(token.type, Boolean)
+    matches = token if is_condition else jobs.c.lease_token == token
+    guard = and_(jobs.c.state == _RUNNING, matches)
+    return guard if job_id is None else and_(jobs.c.id == job_id, guard)
 
 
 class db_now(FunctionElement[Any]):
@@ -77,8 +100,13 @@ def _token_sqlite(element: new_token, compiler: Any, **kw: Any) -> str:
     return "lower(hex(randomblob(16)))"
 
 
-#: Advisory lock key of the maintenance (pruning) transaction: "jobq" in ASCII.
-MAINTENANCE_LOCK = 0x6A6F6271
+# PostgreSQL advisory lock keys (64-bit), one per kind of work that runs in one process at a
+# time; the two must differ, or pruning and migrating would silently exclude each other.
+#: The schema migration: "jobq" in ASCII (unchanged since the first release, so processes of
+#: older versions starting at the same time still wait for each other).
+MIGRATION_LOCK = 0x6A6F6271
+#: The pruning of finished jobs: "jobqprun" in ASCII.
+MAINTENANCE_LOCK = 0x6A6F6271_7072756E
 
 
 class try_maintenance_lock(FunctionElement[Any]):

@@ -8,15 +8,14 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
+
+from jobq.store.dialect import dialect_for
 
 
 log = logging.getLogger("jobq.migrate")
 
 VERSION_TABLE = "jobq_alembic_version"
-
-#: Any fixed 64-bit number; the same in every jobq process.
-ADVISORY_LOCK_KEY = 0x6A6F6271  # "jobq"
 
 
 def _config() -> Config:
@@ -39,12 +38,11 @@ def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision.
 
     The whole upgrade runs in one transaction that first takes the lock: PostgreSQL's advisory
-    transaction lock, SQLite's write lock (BEGIN IMMEDIATE, see engine.py). Latecomers wait,
-    then find the schema current and do nothing.
+    transaction lock (``exprs.MIGRATION_LOCK``), SQLite's write lock (BEGIN IMMEDIATE, see
+    sqlite.py). Latecomers wait, then find the schema current and do nothing.
     """
     cfg = _config()
     with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+        dialect_for(engine.url).lock_for_migration(conn)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")

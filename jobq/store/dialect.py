@@ -1,0 +1,110 @@
+"""The dialect seam: the only things that truly differ between PostgreSQL and SQLite.
+
+Every concern module of the store writes its statements once, in SQLAlchemy Core, and asks
+this protocol for what cannot be written once: how an engine is set up, how a batch travels
+to the database, how a claim runs, and whether anyone is woken. ``postgres.py`` and
+``sqlite.py`` implement it; "what differs on SQLite?" is answered by reading ``sqlite.py``.
+Expressions whose text alone differs (the clock, tokens, locks) are compiled per dialect in
+``exprs.py`` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, Engine, Row, Select, Table
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
+from sqlalchemy.engine import URL, make_url
+
+from jobq.errors import ConfigError
+from jobq.settings import Settings
+from jobq.types import Lease
+
+#: An INSERT that knows ON CONFLICT DO NOTHING (both dialects' own insert constructs).
+Insert = PgInsert | SqliteInsert
+
+
+class Connections(Protocol):
+    """What a dialect may ask of the store: its kinds of connection (``base.StoreBase``)."""
+
+    def write(self) -> AbstractContextManager[Connection]: ...
+    def read(self) -> AbstractContextManager[Connection]: ...
+    def autocommit(self) -> AbstractContextManager[Connection]: ...
+    def exists(self, query: Select[Any], params: dict[str, Any] | None = None) -> bool: ...
+
+
+#: Runs a claim with its parameters and returns the claimed rows (``Dialect.claim_runner``).
+ClaimRunner = Callable[[Connections, dict[str, Any]], Sequence[Row[Any]]]
+
+
+class Dialect(Protocol):
+    name: str
+    #: One writer at a time (SQLite): an idle worker's empty claim or rescue must look before
+    #: it takes the write lock, or a process frozen while holding it stalls all others.
+    single_writer: bool
+
+    def make_engine(self, settings: Settings) -> Engine:
+        """An engine with what this database needs to be a safe queue."""
+
+    def insert(self, table: Table) -> Insert:
+        """An INSERT into ``table`` that supports ON CONFLICT DO NOTHING."""
+
+    def any_of(self, col: Any, items: Iterable[Any], item_type: Any) -> Any:
+        """``col IN items``, as a statement text that does not grow with the items where that
+        matters (prepared statements)."""
+
+    def enqueue_statement(self) -> Any:
+        """The INSERT of new jobs, given as ``enqueue_params``; a taken idempotency key is
+        skipped. Returns (id, idempotency_key, run_at, created_at) per inserted row."""
+
+    def enqueue_params(self, rows: list[dict[str, Any]], engine: Engine) -> Any:
+        """The parameters of ``enqueue_statement`` for the jobs' values (``enqueue._values``)."""
+
+    def claim_runner(
+        self, probe: Select[Any], claim: Any, attempts_of: Callable[[Any], Any]
+    ) -> ClaimRunner:
+        """How a claim runs: ``claim`` (UPDATE … RETURNING) moves the jobs to running;
+        ``attempts_of(source)`` writes the attempt rows of claimed rows found in ``source``;
+        ``probe`` finds whether anything is due at all."""
+
+    def mark_done(self, conn: Connection, finished: Sequence[tuple[Lease, Any]]) -> set[str]:
+        """running → done for each (lease, result) whose claim still holds; the tokens that
+        took. The attempts are the caller's."""
+
+    def wake(self, conn: Connection, queues: Iterable[str]) -> None:
+        """Wake idle workers of ``queues`` when ``conn``'s transaction commits."""
+
+    def listen(
+        self, engine: Engine, queues: Collection[str], wake: Callable[[], None]
+    ) -> Coroutine[Any, Any, None] | None:
+        """A coroutine calling ``wake`` when jobs of ``queues`` may be due, or None."""
+
+    def lock_for_migration(self, conn: Connection) -> None:
+        """Make concurrent migrations of this database wait for ``conn``'s transaction."""
+
+    def numbers(self, n: int) -> tuple[Select[Any], Any]:
+        """A SELECT of the integers 1..n and its column (for set-based bulk inserts)."""
+
+    def after_bulk_load(self, conn: Connection) -> None:
+        """What the database should do after a large insert (statistics)."""
+
+    def server_settings(self, conn: Connection) -> dict[str, Any]:
+        """The server's settings that bound a benchmark's figures."""
+
+
+def dialect_for(url: str | URL) -> Dialect:
+    """The dialect of a database URL: the one place that asks which database it is."""
+    backend = make_url(url).get_backend_name()
+    if backend == "postgresql":
+        from jobq.store.postgres import Postgres
+
+        return Postgres()
+    if backend == "sqlite":
+        from jobq.store.sqlite import Sqlite
+
+        return Sqlite()
+    raise ConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
+

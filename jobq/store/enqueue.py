@@ -1,0 +1,151 @@
+"""Enqueue: one job or a batch in one transaction, with idempotency keys."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from jobq.errors import IdempotencyConflict, StoreUnavailable
+from jobq.store.base import StoreBase, translate
+from jobq.store.rows import created_job, job_of
+from jobq.store.tables import jobs
+from jobq.types import EnqueueResult, Job, NewJob
+
+
+class Enqueue(StoreBase):
+    #: Most jobs one INSERT statement carries; a bigger batch takes several, in one transaction.
+    ENQUEUE_CHUNK = 1000
+
+    @functools.cached_property
+    def _enqueue_stmt(self) -> Any:
+        # Built once, so it is compiled once (``Dialect.enqueue_statement``).
+        return self.dialect.enqueue_statement()
+
+    def enqueue(self, new: NewJob) -> EnqueueResult:
+        """Insert one job; with an idempotency key, return the existing job for a repeat."""
+        try:
+            return self.enqueue_many([new])[0]
+        except IdempotencyConflict as exc:
+            exc.index = None  # one job, not an item of a batch
+            raise
+
+    @translate
+    def enqueue_many(self, news: Sequence[NewJob]) -> list[EnqueueResult]:
+        """Insert jobs in one transaction, all or nothing; the results are in input order.
+
+        Idempotency keys work as in ``enqueue``, between the items too: an item whose key an
+        existing job or an earlier item of the batch holds with the same request gets that
+        job (``created`` False). With a different request it is an IdempotencyConflict whose
+        ``index`` names the item, and nothing is stored. Idle workers of the queues that got
+        a job that is due now are woken at commit (on PostgreSQL by the INSERT itself).
+        """
+        if not news:
+            return []
+        first, fresh = _fresh(news)
+        with self.write() as conn:
+            rows = []
+            for start in range(0, len(fresh), self.ENQUEUE_CHUNK):
+                chunk = [news[i] for i in fresh[start:start + self.ENQUEUE_CHUNK]]
+                params = self.dialect.enqueue_params([_values(n) for n in chunk], self.engine)
+                rows += conn.execute(self._enqueue_stmt, params).all()
+            # RETURNING promises no order. Ids are drawn in the order the rows are inserted,
+            # which is the order of the items (ORDER BY ordinality; VALUES in order; chunks
+            # one after another), so sorted by id the rows pair with the items that were
+            # inserted: the fresh ones but those whose key an existing job holds.
+            rows.sort(key=lambda r: r.id)
+            if not first:  # no keys: every item was inserted, in order (the common case)
+                if len(rows) != len(news):
+                    raise RuntimeError("enqueue_many: a row per item was expected")
+                return [EnqueueResult(created_job(new, row), created=True)
+                        for new, row in zip(news, rows)]
+            return self._with_keys(conn, news, first, fresh, rows)
+
+    def _with_keys(
+        self, conn: Connection, news: Sequence[NewJob], first: dict[str, int],
+        fresh: list[int], rows: list[Any],
+    ) -> list[EnqueueResult]:
+        """The results of a batch with idempotency keys, from its inserted ``rows``."""
+        made = {r.idempotency_key for r in rows if r.idempotency_key is not None}
+        inserted = [i for i in fresh if news[i].idempotency_key in made
+                    or news[i].idempotency_key is None]
+        if [r.idempotency_key for r in rows] != [news[i].idempotency_key for i in inserted]:
+            raise RuntimeError("enqueue_many: the inserted rows do not pair with the items")
+        created = {i: created_job(news[i], row) for i, row in zip(inserted, rows)}
+        held = {news[i].idempotency_key: job for i, job in created.items()}
+        held.update(_jobs_by_key(conn, [k for k in first if k not in made]))
+        results = []
+        for i, new in enumerate(news):
+            job = created.get(i)
+            if job is not None:
+                results.append(EnqueueResult(job, created=True))
+                continue
+            key = new.idempotency_key
+            assert key is not None
+            job = held.get(key)
+            if job is None:
+                # Deleted (pruned) between the INSERT that found it and the SELECT.
+                raise StoreUnavailable(f"the job of idempotency_key {key!r} just vanished")
+            if not _same_request(job, new):
+                if key in made:  # made by this batch, which this error rolls back
+                    raise IdempotencyConflict.within_batch(key, i, first[key])
+                raise IdempotencyConflict(key, job.id, index=i)
+            results.append(EnqueueResult(job, created=False))
+        return results
+
+
+def _fresh(news: Sequence[NewJob]) -> tuple[dict[str, int], list[int]]:
+    """Each idempotency key's first item, and the items to insert (those without a key, and
+    each key's first), keyed ones in key order."""
+    first: dict[str, int] = {}
+    fresh: list[int] = []
+    for i, new in enumerate(news):
+        key = new.idempotency_key
+        if key is None:
+            fresh.append(i)
+        elif key not in first:
+            first[key] = i
+            fresh.append(i)
+    # Keyed rows go in in key order: a unique-index insert waits for another transaction that
+    # inserted the same key, so two batches that took shared keys in different orders would
+    # deadlock (PostgreSQL). The same order everywhere leaves waits without cycles. (Ids then
+    # follow key order among keyed items; results stay in input order.)
+    if first:
+        fresh.sort(key=lambda i: (news[i].idempotency_key is not None,
+                                  news[i].idempotency_key or "", i))
+    return first, fresh
+
+
+def _values(new: NewJob) -> dict[str, Any]:
+    """One job's fields, as ``Dialect.enqueue_statement`` takes them."""
+    return {
+        "task_type": new.task_type,
+        "payload": new.payload,
+        "queue": new.queue,
+        "priority": new.priority,
+        "max_attempts": new.max_attempts,
+        "idempotency_key": new.idempotency_key,
+        "at": new.run_at,
+        "delay": float(new.delay_seconds or 0),
+    }
+
+
+def _same_request(job: Job, new: NewJob) -> bool:
+    return (
+        job.task_type == new.task_type
+        and job.payload == new.payload
+        and job.queue == new.queue
+        and job.priority == new.priority
+        and job.max_attempts == new.max_attempts
+    )
+
+
+def _jobs_by_key(conn: Connection, keys: Sequence[str]) -> dict[str, Job]:
+    """The jobs that hold ``keys``, by key."""
+    found: dict[str, Job] = {}
+    for start in range(0, len(keys), 1000):  # a bounded number of parameters each
+        stmt = select(jobs).where(jobs.c.idempotency_key.in_(keys[start:start + 1000]))
+        found.update((r.idempotency_key, job_of(r)) for r in conn.execute(stmt))
+    return found

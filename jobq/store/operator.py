@@ -1,0 +1,63 @@
+"""An operator's transitions: cancel and retry."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+
+from jobq.errors import InvalidTransition, JobNotFound
+from jobq.store.base import StoreBase, translate
+from jobq.store.exprs import NO_LEASE, db_now
+from jobq.store.rows import job_of
+from jobq.store.tables import attempts, jobs
+from jobq.types import AttemptOutcome, Job, JobState
+
+PENDING, RUNNING = JobState.PENDING.value, JobState.RUNNING.value
+FAILED, CANCELLED = JobState.FAILED.value, JobState.CANCELLED.value
+
+
+class Operator(StoreBase):
+    @translate
+    def cancel(self, job_id: int) -> Job:
+        """pending | running → cancelled. Cancelling a cancelled job is a no-op. A running
+        job's holder finds its lease gone at its next heartbeat and stops the handler."""
+        with self.write() as conn:
+            row = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.state.in_([PENDING, RUNNING]))
+                .values(state=CANCELLED, finished_at=db_now(), **NO_LEASE)
+                .returning(*jobs.c)
+            ).first()
+            if row is not None:
+                conn.execute(
+                    update(attempts)
+                    .where(attempts.c.job_id == job_id,
+                           attempts.c.outcome == AttemptOutcome.RUNNING.value)
+                    .values(outcome=AttemptOutcome.CANCELLED.value, finished_at=db_now())
+                )
+                return job_of(row)
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        if row is None:
+            raise JobNotFound(job_id)
+        if row.state == CANCELLED:
+            return job_of(row)
+        raise InvalidTransition(job_id, row.state, "cancel")
+
+    @translate
+    def retry(self, job_id: int) -> Job:
+        """failed | cancelled → pending, with a fresh budget of attempts."""
+        with self.write() as conn:
+            row = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.state.in_([FAILED, CANCELLED]))
+                .values(
+                    state=PENDING, attempts=0, run_at=db_now(), finished_at=None, result=None
+                )
+                .returning(*jobs.c)
+            ).first()
+            if row is not None:
+                self.dialect.wake(conn, [row.queue])
+                return job_of(row)
+            state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar()
+        if state is None:
+            raise JobNotFound(job_id)
+        raise InvalidTransition(job_id, state, "retry")

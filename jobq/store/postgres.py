@@ -1,0 +1,251 @@
+"""PostgreSQL: SKIP LOCKED claims in one autocommit statement, batches as arrays or JSON,
+wake-ups by NOTIFY (and the LISTEN side), advisory locks.
+
+Everything here is what ``dialect.Dialect`` asks for; the statements that are the same on
+both databases live in the concern modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    Row,
+    Select,
+    String,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    cast,
+    column,
+    create_engine,
+    event,
+    func,
+    literal,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql as pg
+
+from jobq.settings import Settings
+from jobq.store.base import pool_options
+from jobq.store.dialect import ClaimRunner, Connections
+from jobq.store.exprs import MIGRATION_LOCK, NO_LEASE, db_now, held, seconds_from_now
+from jobq.store.tables import jobs
+from jobq.types import JobState, Lease
+
+log = logging.getLogger("jobq.store")
+
+PENDING, DONE = JobState.PENDING.value, JobState.DONE.value
+
+#: Channel on which idle workers are woken; the payload is the queue's name.
+NOTIFY_CHANNEL = "jobq_jobs"
+
+#: running → done for a batch: the batch arrives as three arrays, so the text of the
+#: statement is the same for every batch. RETURNING gives the tokens whose guard held.
+_FINISHED = (
+    func.unnest(
+        bindparam("c_ids", type_=pg.ARRAY(BigInteger)),
+        bindparam("c_tokens", type_=pg.ARRAY(String)),
+        cast(bindparam("c_results", type_=pg.ARRAY(Text)), pg.ARRAY(pg.JSONB)),
+    )
+    .table_valued("id", "token", "result")
+    .render_derived(name="finished")
+)
+_MARK_DONE = (
+    update(jobs)
+    .where(held(_FINISHED.c.token, _FINISHED.c.id))
+    .values(state=DONE, result=_FINISHED.c.result, finished_at=db_now(), **NO_LEASE)
+    .returning(_FINISHED.c.token)
+)
+
+
+class Postgres:
+    name = "postgresql"
+    single_writer = False
+
+    def make_engine(self, settings: Settings) -> Engine:
+        engine = create_engine(
+            settings.sqlalchemy_url,
+            **pool_options(settings),
+            # A restarted server leaves dead connections in the pool; test each on checkout.
+            pool_pre_ping=True,
+            pool_recycle=1800,
+            connect_args={
+                "connect_timeout": max(1, int(settings.db_timeout_seconds)),
+                "application_name": "jobq",
+            },
+        )
+
+        @event.listens_for(engine, "connect")
+        def _utc_session(dbapi_conn: Any, _record: Any) -> None:
+            # Timestamps then arrive in UTC and need no conversion (tables.Timestamp). Only
+            # how they are shown changes; a session that somehow is not in UTC still reads
+            # right.
+            with dbapi_conn.cursor() as cur:
+                cur.execute("SET TIME ZONE 'UTC'")
+            dbapi_conn.commit()
+
+        return engine
+
+    def insert(self, table: Table) -> pg.Insert:
+        return pg.insert(table)
+
+    def any_of(self, col: Any, items: Iterable[Any], item_type: Any) -> Any:
+        # One array parameter: the statement is prepared once, not once per length.
+        return col == any_(bindparam(None, list(items), type_=pg.ARRAY(item_type)))
+
+    def enqueue_statement(self) -> Any:
+        """The jobs travel as one JSON array, ``INSERT … SELECT … FROM
+        jsonb_array_elements(:given) WITH ORDINALITY ORDER BY ordinality``. Measured on 2
+        cores with fsync on, 1,000 jobs per transaction: about 20,000 jobs/s, against 4,200
+        for SQLAlchemy's multi-row VALUES (psycopg parses its 8,000 placeholders in Python,
+        every time) and about half as fast again for ``unnest()`` of one array per field
+        (psycopg quotes each array element in Python)."""
+        given = (
+            func.jsonb_array_elements(cast(bindparam("given"), pg.JSONB))
+            .table_valued(column("value", pg.JSONB), with_ordinality="ord")
+            .render_derived(name="given")
+        )
+        v = given.c.value
+        made = (
+            pg.insert(jobs)
+            .from_select(
+                ["task_type", "payload", "queue", "priority", "max_attempts", "idempotency_key",
+                 "state", "attempts", "run_at", "created_at"],
+                select(
+                    v["task_type"].astext, v["payload"], v["queue"].astext,
+                    cast(v["priority"].astext, Integer), cast(v["max_attempts"].astext, Integer),
+                    v["idempotency_key"].astext, literal(PENDING), literal(0),
+                    func.coalesce(
+                        cast(v["at"].astext, pg.TIMESTAMP(timezone=True)),
+                        seconds_from_now(cast(v["delay"].astext, Float)),
+                    ),
+                    db_now(),
+                ).order_by(given.c.ord),
+            )
+            .on_conflict_do_nothing(index_elements=[jobs.c.idempotency_key])
+            .returning(jobs.c.id, jobs.c.idempotency_key, jobs.c.run_at, jobs.c.created_at,
+                       jobs.c.queue)
+        )
+        # The wake-up rides on the INSERT itself (a round trip fewer, which was an eighth of
+        # a 100-job batch's time): once per queue that got a job due now, sent at commit.
+        # PostgreSQL delivers identical notifications of one transaction once, so a batch
+        # written in several chunks still wakes each queue's workers once.
+        ins = made.cte("ins")
+        due = select(ins.c.queue).where(ins.c.run_at <= ins.c.created_at).distinct().subquery()
+        woken = select(func.count(func.pg_notify(NOTIFY_CHANNEL, due.c.queue))).scalar_subquery()
+        return select(ins.c.id, ins.c.idempotency_key, ins.c.run_at, ins.c.created_at,
+                      woken.label("woken"))
+
+    def enqueue_params(self, rows: list[dict[str, Any]], engine: Engine) -> Any:
+        dialect, to_utc = engine.dialect, jobs.c.run_at.type.process_bind_param
+
+        def run_at(value: Any) -> str:  # payloads hold JSON values only: this sees run_at
+            if not isinstance(value, datetime):
+                raise TypeError(f"{type(value).__name__} is not JSON serializable")
+            return to_utc(value, dialect).isoformat()  # naive means UTC, as for one job
+
+        return {"given": json.dumps(rows, default=run_at)}
+
+    def claim_runner(
+        self, probe: Select[Any], claim: Any, attempts_of: Callable[[Any], Any]
+    ) -> ClaimRunner:
+        # The attempts in the same statement, from the claim's RETURNING rows (a
+        # data-modifying CTE runs whether or not the outer SELECT reads it). One statement
+        # that is its own transaction: one round trip instead of four (BEGIN, claim,
+        # attempts, COMMIT), which is most of what an idle worker's pickup waits for.
+        claimed = claim.cte("claimed")
+        stmt = select(claimed).add_cte(attempts_of(claimed).cte("recorded"))
+
+        def run(db: Connections, params: dict[str, Any]) -> Sequence[Row[Any]]:
+            with db.autocommit() as conn:
+                return conn.execute(stmt, params).all()
+
+        return run
+
+    def mark_done(self, conn: Connection, finished: Sequence[tuple[Lease, Any]]) -> set[str]:
+        return set(conn.execute(_MARK_DONE, {
+            "c_ids": [lease.job_id for lease, _ in finished],
+            "c_tokens": [lease.token for lease, _ in finished],
+            "c_results": [json.dumps(result) for _, result in finished],
+        }).scalars())
+
+    def wake(self, conn: Connection, queues: Iterable[str]) -> None:
+        # Sent by PostgreSQL at commit, never for a rolled-back transaction.
+        for queue in sorted(set(queues)):
+            conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, queue)))
+
+    def listen(
+        self, engine: Engine, queues: Collection[str], wake: Callable[[], None]
+    ) -> Coroutine[Any, Any, None] | None:
+        dsn = listen_dsn(engine)
+        return None if dsn is None else listen(dsn, queues, wake)
+
+    def lock_for_migration(self, conn: Connection) -> None:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+
+    def numbers(self, n: int) -> tuple[Select[Any], Any]:
+        series = func.generate_series(1, n).table_valued("i").render_derived(name="series")
+        return select(series.c.i), series.c.i
+
+    def after_bulk_load(self, conn: Connection) -> None:
+        # What autovacuum would do after such an insert; the claim's plan depends on it.
+        conn.exec_driver_sql("ANALYZE jobq_jobs")
+
+    def server_settings(self, conn: Connection) -> dict[str, Any]:
+        return {name: conn.exec_driver_sql(f"SHOW {name}").scalar()
+                for name in ("server_version", "fsync", "synchronous_commit",
+                             "shared_buffers", "wal_level", "max_connections")}
+
+
+def listen_dsn(engine: Engine) -> str | None:
+    """The libpq connection string of a PostgreSQL engine; None for another database."""
+    if engine.dialect.name != "postgresql":
+        return None
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def listen(dsn: str, queues: Collection[str], wake: Callable[[], None]) -> None:
+    """Call ``wake`` for every notification about one of ``queues``, and once after each
+    (re)connection, which catches up on anything sent while the connection was down.
+
+    Runs until cancelled; reconnects with a growing pause when the connection fails. A
+    notification is only a hint: one that is lost (the connection dropped, a pooler in
+    transaction mode swallowed LISTEN) costs at most one poll interval, as workers keep
+    polling.
+    """
+    failures = 0
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                dsn, autocommit=True, connect_timeout=10, application_name="jobq-listen",
+                # A peer that vanished without a word (a partition) is noticed within about a
+                # minute, and the connection is made again; polling covers the gap.
+                keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
+            ) as conn:
+                await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                failures = 0
+                wake()
+                async for note in conn.notifies():
+                    if note.payload in queues:
+                        wake()
+        except (psycopg.Error, OSError) as exc:
+            failures += 1
+            pause = min(0.2 * 2**failures, 10.0)
+            log.warning("LISTEN connection failed (try %d, again in %.1fs); polling meanwhile: "
+                        "%s", failures, pause, exc)
+            await asyncio.sleep(pause)

@@ -1,0 +1,177 @@
+"""SQLite: one writer at a time, taken up front (BEGIN IMMEDIATE); batches as executemany;
+nobody to wake (workers poll).
+
+Everything here is what ``dialect.Dialect`` asks for; the statements that are the same on
+both databases live in the concern modules. SQLite is a library call away, so a statement
+more costs little here, where on PostgreSQL it would cost a round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Float,
+    Row,
+    Select,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects import sqlite
+
+from jobq.settings import Settings
+from jobq.store.dialect import ClaimRunner, Connections
+from jobq.store.base import READ_ONLY, pool_options
+from jobq.store.exprs import NO_LEASE, db_now, held, seconds_from_now
+from jobq.store.tables import jobs
+from jobq.types import JobState, Lease
+
+PENDING, RUNNING, DONE = JobState.PENDING.value, JobState.RUNNING.value, JobState.DONE.value
+
+#: One job's running → done, for executemany; ``mark_done`` has checked its token in the same
+#: transaction (which holds the write lock), and the guard repeats that check.
+_DONE_ONE = (
+    update(jobs)
+    .where(held(bindparam("b_token"), bindparam("b_id")))
+    .values(
+        state=DONE,
+        result=bindparam("b_result", type_=jobs.c.result.type),
+        finished_at=db_now(),
+        **NO_LEASE,
+    )
+)
+
+
+class Sqlite:
+    name = "sqlite"
+    single_writer = True
+
+    def make_engine(self, settings: Settings) -> Engine:
+        engine = create_engine(
+            settings.sqlalchemy_url,
+            **pool_options(settings),
+            connect_args={"check_same_thread": False, "timeout": settings.db_timeout_seconds},
+        )
+        busy_ms = int(settings.db_timeout_seconds * 1000)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Hand transaction control to us: pysqlite's own BEGIN is deferred and issued
+            # lazily, which lets two writers both read and then fail to upgrade their locks.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            # WAL: readers never block the writer. FULL: a committed job survives power loss,
+            # not only a killed process. busy_timeout: wait for the write lock instead of
+            # failing; first, as switching to WAL needs a lock a migrating process may hold.
+            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            # Writers take the write lock up front (BEGIN IMMEDIATE), so a claim's read of
+            # candidate rows and its update are one atomic step with no lock upgrade that
+            # could deadlock. Read-only transactions do not queue behind the writer.
+            read_only = conn.get_execution_options().get(READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE")
+
+        return engine
+
+    def insert(self, table: Table) -> sqlite.Insert:
+        return sqlite.insert(table)
+
+    def any_of(self, col: Any, items: Iterable[Any], item_type: Any) -> Any:
+        return col.in_(list(items))  # re-parsing an IN of any length costs nothing here
+
+    def enqueue_statement(self) -> Any:
+        """A list of parameter sets, which SQLAlchemy sends as multi-row VALUES
+        ("insertmanyvalues")."""
+        # The given time, else the database's now plus the delay (0: due now).
+        run_at = func.coalesce(
+            bindparam("at", type_=jobs.c.run_at.type),
+            seconds_from_now(bindparam("delay", type_=Float())),
+        )
+        return (
+            sqlite.insert(jobs)
+            .values(state=PENDING, attempts=0, run_at=run_at, created_at=db_now())
+            .on_conflict_do_nothing(index_elements=[jobs.c.idempotency_key])
+            .returning(jobs.c.id, jobs.c.idempotency_key, jobs.c.run_at, jobs.c.created_at)
+        )
+
+    def enqueue_params(self, rows: list[dict[str, Any]], engine: Engine) -> Any:
+        return rows
+
+    def claim_runner(
+        self, probe: Select[Any], claim: Any, attempts_of: Callable[[Any], Any]
+    ) -> ClaimRunner:
+        # The attempt rows are copied from the claimed rows inside the database, with no
+        # per-row parameters to bind.
+        record = attempts_of(
+            select(jobs).where(jobs.c.id.in_(bindparam("c_ids", expanding=True))).subquery()
+        )
+
+        def run(db: Connections, params: dict[str, Any]) -> Sequence[Row[Any]]:
+            if not db.exists(probe, params):  # nothing due: no write lock taken
+                return []
+            with db.write() as conn:
+                rows = conn.execute(claim, params).all()
+                if rows:
+                    conn.execute(record, {"c_ids": [r.id for r in rows]})
+            return rows
+
+        return run
+
+    def mark_done(self, conn: Connection, finished: Sequence[tuple[Lease, Any]]) -> set[str]:
+        held_now = dict(conn.execute(
+            select(jobs.c.id, jobs.c.lease_token).where(
+                jobs.c.id.in_([lease.job_id for lease, _ in finished]),
+                jobs.c.state == RUNNING,
+            )
+        ).all())
+        valid = [(lease, result) for lease, result in finished
+                 if held_now.get(lease.job_id) == lease.token]
+        if valid:
+            conn.execute(_DONE_ONE, [
+                {"b_id": lease.job_id, "b_token": lease.token, "b_result": result}
+                for lease, result in valid
+            ])
+        return {lease.token for lease, _ in valid}
+
+    def wake(self, conn: Connection, queues: Iterable[str]) -> None:
+        pass  # no notifications in SQLite: its workers poll
+
+    def listen(
+        self, engine: Engine, queues: Collection[str], wake: Callable[[], None]
+    ) -> Coroutine[Any, Any, None] | None:
+        return None
+
+    def lock_for_migration(self, conn: Connection) -> None:
+        pass  # the migration's transaction holds the only write lock (BEGIN IMMEDIATE)
+
+    def numbers(self, n: int) -> tuple[Select[Any], Any]:
+        start = select(literal(1).label("i")).cte("series", recursive=True)
+        series = start.union_all(select(start.c.i + 1).where(start.c.i < n))
+        return select(series.c.i), series.c.i
+
+    def after_bulk_load(self, conn: Connection) -> None:
+        pass  # without statistics SQLite plans as before; nothing to refresh
+
+    def server_settings(self, conn: Connection) -> dict[str, Any]:
+        sync = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+        return {
+            "sqlite_version": conn.exec_driver_sql("select sqlite_version()").scalar(),
+            "journal_mode": conn.exec_driver_sql("PRAGMA journal_mode").scalar(),
+            "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(sync, sync),
+            "busy_timeout_ms": conn.exec_driver_sql("PRAGMA busy_timeout").scalar(),
+        }

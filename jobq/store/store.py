@@ -1,0 +1,31 @@
+"""SqlStore: the store's concerns composed into the one object the service and the worker
+use. Each concern is a file of its own; this one only puts them together."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Coroutine
+from typing import Any
+
+from jobq.store.api_keys import ApiKeys
+from jobq.store.enqueue import Enqueue
+from jobq.store.leases import Leases
+from jobq.store.maintenance import Maintenance
+from jobq.store.operator import Operator
+from jobq.store.queries import Queries
+from jobq.store.tooling import Tooling
+
+
+class SqlStore(Enqueue, Queries, Leases, Operator, Maintenance, ApiKeys, Tooling):
+    """Jobs, attempts, workers and API keys in a SQL database. Thread-safe; one per process.
+    Made by ``open_store``."""
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def listen(
+        self, queues: Collection[str], wake: Callable[[], None]
+    ) -> Coroutine[Any, Any, None] | None:
+        """A coroutine that calls ``wake`` whenever jobs of ``queues`` may have become due
+        (PostgreSQL LISTEN on its own connection; it runs until cancelled), or None where the
+        database sends no wake-ups (SQLite: its workers poll)."""
+        return self.dialect.listen(self.engine, queues, wake)
