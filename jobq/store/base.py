@@ -6,16 +6,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, Select
 from sqlalchemy import exc as sa_exc
 
 from jobq.errors import StoreUnavailable
 from jobq.settings import Settings
-
-if TYPE_CHECKING:
-    from jobq.store.dialect import Dialect
+from jobq.store.dialect import Dialect, dialect_for
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -58,8 +56,6 @@ class StoreBase:
     """The engine, its dialect, and the connections the concerns take from it."""
 
     def __init__(self, engine: Engine, dialect: Dialect | None = None) -> None:
-        from jobq.store.dialect import dialect_for
-
         self.engine = engine
         self.dialect = dialect or dialect_for(engine.url)
 
