@@ -125,6 +125,9 @@ class Slots:
             if running.task is not None:
                 running.task.cancel()
 
+    def running(self) -> list[Running]:
+        return list(self._running.values())
+
     def tasks(self) -> list[asyncio.Task[None]]:
         return [r.task for r in self._running.values() if r.task is not None]
 
