@@ -89,7 +89,7 @@ def up(
 ) -> None:
     """Migrate, then run the API and N worker processes; Ctrl-C stops them all cleanly."""
     from jobq.supervisor import Supervisor
-    from jobq.worker.runner import configure_logging
+    from jobq.worker import configure_logging
 
     settings = _settings(database_url=database_url, tasks=tasks, concurrency=concurrency,
                          queues=queues, host=host, port=port)
@@ -136,7 +136,7 @@ def worker(
 ) -> None:
     """Run worker process(es): claim due jobs, run their handlers, record the outcomes."""
     from jobq.supervisor import Supervisor
-    from jobq.worker.runner import configure_logging, run_worker
+    from jobq.worker import configure_logging, run_worker
 
     settings = _settings(database_url=database_url, tasks=tasks, concurrency=concurrency,
                          queues=queues, processes=processes, auto_migrate=auto_migrate)

@@ -40,7 +40,7 @@ def child_main(kind: str, settings_data: dict[str, Any], parent_pid: int, index:
     _watch_parent(parent_pid)
     settings = Settings(**settings_data)
     if kind == "worker":
-        from jobq.worker.runner import run_worker
+        from jobq.worker import run_worker
 
         raise SystemExit(run_worker(settings))
     if kind == "api":

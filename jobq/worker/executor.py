@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 from jobq.jsonvalue import check_json_value, storable_text
-from jobq.registry import JobContext, Task
-from jobq.types import Failure, Outcome, Success
+from jobq.registry import JobContext, Task, TaskRegistry
+from jobq.types import ClaimedJob, Failure, Outcome, Success
 
 
 def _run_in_daemon_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
@@ -68,3 +68,18 @@ async def execute(task: Task, payload: Any, ctx: JobContext) -> Outcome:
         return Failure(error=f"ResultNotJSON: the handler's return value is not storable: {exc}",
                        traceback="")
     return Success(result)
+
+
+async def run_claimed(claimed: ClaimedJob, registry: TaskRegistry, worker_id: str) -> Outcome:
+    """A claimed job's Outcome: its handler run with its context. A task type this worker has
+    no handler for is a Failure too (the job may be retried by a worker that has one)."""
+    job, lease = claimed.job, claimed.lease
+    try:
+        task = registry.get(job.task_type)
+    except Exception as exc:  # noqa: BLE001 - unknown here: a worker without that handler
+        return Failure(f"{type(exc).__name__}: {exc}", "")
+    ctx = JobContext(
+        job_id=job.id, attempt=lease.attempt, max_attempts=lease.max_attempts,
+        queue=job.queue, task_type=job.task_type, worker_id=worker_id,
+    )
+    return await execute(task, job.payload, ctx)

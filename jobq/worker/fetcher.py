@@ -1,0 +1,72 @@
+"""When to claim jobs and how many, and how a claimed job runs in its slot.
+
+A claim takes at most as many jobs as there are free slots (invariant 6): a job claimed but
+not started would hold a lease nobody works on. Between claims the fetcher sleeps until a slot
+frees, jobs are rescued, a notification arrives (PostgreSQL LISTEN, which sets the same wake-up)
+or, when the queue looked empty, a poll interval passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from jobq.registry import TaskRegistry
+from jobq.settings import Settings
+from jobq.store import SqlStore
+from jobq.types import ClaimedJob
+from jobq.worker.db import Db
+from jobq.worker.executor import run_claimed
+from jobq.worker.loop import jittered, sleep
+from jobq.worker.slots import Running, Slots
+
+
+@dataclass
+class Fetcher:
+    store: SqlStore
+    db: Db
+    slots: Slots  # and, through it, the outbox
+    registry: TaskRegistry
+    settings: Settings
+    worker_id: str
+    queues: Sequence[str]
+
+    async def fetch(self) -> float:
+        """Claim up to the free slots, start them, then wait for a reason to look again.
+        Returns 0: it sleeps itself, on the wake-up rather than a fixed interval."""
+        wake = self.slots.wake
+        wake.clear()  # before counting, so a slot freed from now on wakes us
+        free = self.slots.free()
+        if free <= 0:
+            # Full: wait for a slot rather than poll.
+            await sleep(self.settings.poll_interval_seconds, wake)
+            return 0.0
+        claimed = await self.db.call(
+            self.store.claim, self.worker_id, self.queues, free, self.settings.lease_seconds
+        )
+        for c in claimed:
+            self.start(c)
+        if len(claimed) < free:
+            # The queue is (for now) empty: poll again later, sooner when woken.
+            await sleep(jittered(self.settings.poll_interval_seconds), wake)
+        return 0.0
+
+    def start(self, claimed: ClaimedJob) -> Running:
+        running = self.slots.add(claimed)
+        running.task = asyncio.create_task(self._work(running), name=f"job-{claimed.job.id}")
+        return running
+
+    async def _work(self, running: Running) -> None:
+        """Run the job; hand its outcome to the outbox unless the job was taken away; free the
+        slot. A cancellation the worker did not ask for propagates (and frees nothing)."""
+        lease = running.claimed.lease
+        try:
+            outcome = await run_claimed(running.claimed, self.registry, self.worker_id)
+        except asyncio.CancelledError:
+            if not running.taken_away:
+                raise
+            outcome = None
+        if outcome is not None and not running.taken_away:
+            self.slots.outbox.put(lease, outcome)
+        self.slots.finish(lease.token)

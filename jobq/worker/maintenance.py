@@ -1,0 +1,51 @@
+"""The chores every worker shares with the others: rescuing jobs whose lease expired (their
+worker died or froze), and pruning silent workers and old finished jobs.
+
+Every worker does them, so that no single process is needed for recovery; the store makes them
+safe to run concurrently (SKIP LOCKED for rescue, one pruner at a time under a lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from jobq.settings import Settings
+from jobq.store import SqlStore
+from jobq.types import JobState
+from jobq.worker.db import Db
+
+log = logging.getLogger("jobq.worker")
+
+
+@dataclass
+class Maintenance:
+    store: SqlStore
+    db: Db
+    settings: Settings
+    wake: asyncio.Event  # the fetcher's
+
+    async def rescue(self) -> float:
+        """Expired leases → pending (or failed, attempts spent)."""
+        rescued = await self.db.call(self.store.rescue)
+        for job in rescued:
+            log.warning("rescued job %s (lease expired) -> %s", job.id, job.state)
+        if any(job.state is JobState.PENDING for job in rescued):
+            self.wake.set()  # claim them now if a slot is free, not at the next poll
+        return self.settings.rescue_interval_seconds
+
+    async def prune(self) -> float:
+        """Forget workers silent for ten leases; delete finished jobs past the retention
+        period (JOBQ_RETENTION_SECONDS=0 keeps them)."""
+        await self.db.call(self.store.prune_workers, 10 * self.settings.lease_seconds)
+        if self.settings.retention_seconds <= 0:
+            return self.settings.prune_interval_seconds
+        deleted = await self.db.call(self.store.prune_finished, self.settings.retention_seconds)
+        if deleted:
+            log.info("pruned %d finished job(s) older than %.0fs", deleted,
+                     self.settings.retention_seconds)
+        # A full batch means more are due: go on soon, but leave the database room to breathe.
+        if deleted == self.store.PRUNE_BATCH:
+            return 1.0
+        return self.settings.prune_interval_seconds

@@ -1,0 +1,142 @@
+"""What one worker holds at any moment, and who may take what from it: the jobs running in its
+slots, and the finished jobs whose outcomes are not written yet (the outbox).
+
+Every loop of the worker shares these two objects; they are the only state the loops share,
+and they change only through the methods below, all called on the event loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from jobq.types import ClaimedJob, Lease, Outcome
+
+log = logging.getLogger("jobq.worker")
+
+
+@dataclass
+class Running:
+    claimed: ClaimedJob
+    task: asyncio.Task[None] | None = None
+    lost: bool = False  # the lease is gone: the outcome must not be written
+    released: bool = False  # given back at shutdown
+
+    @property
+    def taken_away(self) -> bool:
+        """Its handler was cancelled by the worker (lease lost, or shutdown), not by a bug."""
+        return self.lost or self.released
+
+
+class Outbox:
+    """Finished jobs whose outcomes are not written yet, by lease token.
+
+    A handler's slot frees as soon as it returns, not when its outcome is written: the outbox
+    is where the outcome waits meanwhile, its lease still renewed by the heartbeat.
+    """
+
+    def __init__(self) -> None:
+        self._outcomes: dict[str, tuple[Lease, Outcome]] = {}
+        self._writing: set[str] = set()  # tokens of the batch being written right now
+        self.ready = asyncio.Event()  # something to write (or: stopping, look again)
+
+    def __len__(self) -> int:
+        return len(self._outcomes)
+
+    def tokens(self) -> list[str]:
+        return list(self._outcomes)
+
+    def leases(self) -> list[Lease]:
+        return [lease for lease, _ in self._outcomes.values()]
+
+    def put(self, lease: Lease, outcome: Outcome) -> None:
+        self._outcomes[lease.token] = (lease, outcome)
+        self.ready.set()
+
+    def start_batch(self, limit: int) -> list[tuple[Lease, Outcome]]:
+        """The oldest ``limit`` outcomes, marked as being written until ``end_batch``."""
+        batch = list(self._outcomes.values())[:limit]
+        self._writing = {lease.token for lease, _ in batch}
+        return batch
+
+    def end_batch(self) -> None:
+        self._writing = set()
+
+    def discard(self, token: str) -> bool:
+        """Forget one outcome (written, or given up); False when it was not here."""
+        return self._outcomes.pop(token, None) is not None
+
+    def drop_lost(self, tokens: Collection[str]) -> list[Lease]:
+        """Forget the outcomes of jobs whose lease is gone, and return their leases; except
+        those being written right now: that write may have made it, and the fenced write
+        settles it either way."""
+        dropped = []
+        for token in tokens:
+            if token in self._outcomes and token not in self._writing:
+                dropped.append(self._outcomes.pop(token)[0])
+        return dropped
+
+
+class Slots:
+    """The jobs this worker runs now, by lease token, at most ``concurrency`` of them."""
+
+    def __init__(self, concurrency: int, outbox: Outbox) -> None:
+        self.concurrency = concurrency
+        self.outbox = outbox
+        self._running: dict[str, Running] = {}
+        self.wake = asyncio.Event()  # a slot freed, jobs rescued, or stopping: fetch now
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def tokens(self) -> list[str]:
+        return list(self._running)
+
+    def free(self) -> int:
+        """How many jobs may be claimed now.
+
+        Outcomes not yet written count once the outbox holds more than a slot's worth each:
+        claims may run ahead of writes by one batch, never without bound.
+        """
+        backlog = max(0, len(self.outbox) - self.concurrency)
+        return self.concurrency - len(self._running) - backlog
+
+    def add(self, claimed: ClaimedJob) -> Running:
+        running = Running(claimed)
+        self._running[claimed.lease.token] = running
+        return running
+
+    def finish(self, token: str) -> None:
+        """The job's handler is done (or was taken away): its slot is free."""
+        self._running.pop(token, None)
+        self.wake.set()
+
+    def lose(self, tokens: Collection[str], why: str) -> None:
+        """The leases of ``tokens`` are gone: stop their handlers; nothing of theirs is
+        written."""
+        for token in tokens:
+            running = self._running.get(token)
+            if running is None or running.taken_away:
+                continue
+            running.lost = True
+            log.warning("job %s: %s; stopping its handler", running.claimed.job.id, why)
+            if running.task is not None:
+                running.task.cancel()
+
+    def running(self) -> list[Running]:
+        return list(self._running.values())
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return [r.task for r in self._running.values() if r.task is not None]
+
+    def release_unfinished(self) -> list[Running]:
+        """At shutdown: cancel the handlers still running, marked as released (so their
+        cancellation is not an error and nothing of theirs is written); return them."""
+        leftovers = [r for r in self._running.values()
+                     if r.task is not None and not r.task.done()]
+        for r in leftovers:
+            r.released = True
+            r.task.cancel()  # type: ignore[union-attr]
+        return leftovers

@@ -1,0 +1,274 @@
+"""The worker's parts driven in-process against a real store (SQLite and PostgreSQL): each test
+calls one part's body directly and asserts what the database then holds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from jobq.errors import StoreUnavailable
+from jobq.registry import TaskRegistry
+from jobq.settings import Settings, load_settings
+from jobq.store import SqlStore
+from jobq.types import AttemptOutcome, JobState
+from jobq.worker import Worker
+from jobq.worker.loop import run_loop
+from factories import enqueue, enqueue_many
+
+#: Handlers that saw their cancellation, by job id.
+cancelled: set[int] = set()
+
+
+async def ok(payload: Any) -> Any:
+    return payload
+
+
+async def hold(payload: Any, ctx: Any) -> None:
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        cancelled.add(ctx.job_id)
+        raise
+
+
+async def boom(payload: Any) -> None:
+    raise ValueError("boom")
+
+
+def registry() -> TaskRegistry:
+    reg = TaskRegistry()
+    for name, fn in (("ok", ok), ("hold", hold), ("boom", boom)):
+        reg.register(name, fn)
+    return reg
+
+
+@pytest.fixture
+def fast(db_url: str) -> Settings:
+    return load_settings(
+        database_url=db_url, lease_seconds=3, heartbeat_interval_seconds=0.2,
+        rescue_interval_seconds=0.2, poll_interval_seconds=0.05, shutdown_grace_seconds=0.3,
+        backoff_base_seconds=0.05, backoff_cap_seconds=0.1,
+    )
+
+
+def run(store: SqlStore, settings: Settings, test: Callable[[Worker], Awaitable[None]],
+        concurrency: int = 2) -> None:
+    """``test(worker)`` on a fresh event loop; the worker's threads are shut down after."""
+    async def main() -> None:
+        worker = Worker(store, registry(), settings, concurrency=concurrency)
+        try:
+            await test(worker)
+        finally:
+            worker.db.close()
+
+    asyncio.run(main())
+
+
+async def settled(worker: Worker) -> None:
+    """Until every handler has returned (its outcome in the outbox, not yet written)."""
+    deadline = time.monotonic() + 10
+    while len(worker.slots):
+        assert time.monotonic() < deadline, "handlers did not finish"
+        await asyncio.sleep(0.01)
+
+
+def states(store: SqlStore, ids: list[int]) -> dict[JobState, int]:
+    counts: dict[JobState, int] = {}
+    for job_id in ids:
+        state = store.get(job_id, with_attempts=False).state
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+def test_the_fetcher_never_claims_more_than_the_free_slots(
+    store: SqlStore, fast: Settings
+) -> None:
+    ids = [j.id for j in enqueue_many(store, 5, task_type="hold")]
+
+    async def test(worker: Worker) -> None:
+        await worker.fetcher.fetch()
+        await worker.fetcher.fetch()  # full: claims nothing, waits for a slot
+        assert len(worker.slots) == 2
+        assert states(store, ids) == {JobState.RUNNING: 2, JobState.PENDING: 3}
+
+    run(store, fast, test)
+
+
+def test_unwritten_outcomes_beyond_one_batch_hold_claims_back(
+    store: SqlStore, fast: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [j.id for j in enqueue_many(store, 8, task_type="ok")]
+    batches: list[int] = []
+    complete_many = store.complete_many
+    monkeypatch.setattr(store, "complete_many",
+                        lambda finished: batches.append(len(finished)) or complete_many(finished))
+
+    async def test(worker: Worker) -> None:
+        for _ in range(3):  # 2 claimed, then 2 more (outbox 2: no backlog), then none (4: 2)
+            await worker.fetcher.fetch()
+            await settled(worker)
+        assert len(worker.outbox) == 4 and worker.slots.free() == 0
+        assert states(store, ids) == {JobState.RUNNING: 4, JobState.PENDING: 4}
+        await worker.completer.flush()
+        assert batches == [4], "the successes were not written in one statement"
+        assert len(worker.outbox) == 0 and worker.slots.free() == 2
+
+    run(store, fast, test)
+    assert states(store, ids) == {JobState.DONE: 4, JobState.PENDING: 4}
+
+
+def test_the_outbox_is_fenced_and_failures_are_retried_with_backoff(
+    store: SqlStore, fast: Settings
+) -> None:
+    done, lost = enqueue(store, task_type="ok", payload=1), enqueue(store, task_type="ok")
+    failing = enqueue(store, task_type="boom")
+
+    async def test(worker: Worker) -> None:
+        await worker.fetcher.fetch()
+        await settled(worker)
+        store.cancel(lost.id)  # its lease is gone before the outcome is written
+        await worker.completer.flush()
+        assert len(worker.outbox) == 0
+
+    run(store, fast, test, concurrency=3)
+    assert store.get(done.id).state is JobState.DONE and store.get(done.id).result == 1
+    after = store.get(lost.id)
+    assert after.state is JobState.CANCELLED and after.result is None
+    retried = store.get(failing.id)
+    assert retried.state is JobState.PENDING and retried.attempts == 1
+    assert "ValueError: boom" in (retried.last_error or "")
+    assert [a.outcome for a in retried.attempt_log] == [AttemptOutcome.ERROR]
+
+
+def test_the_heartbeat_takes_a_lost_job_away_and_its_late_outcome_is_refused(
+    store: SqlStore, fast: Settings
+) -> None:
+    job = enqueue(store, task_type="hold")
+    finished = enqueue(store, task_type="ok")
+
+    async def test(worker: Worker) -> None:
+        await worker.fetcher.fetch()
+        await asyncio.sleep(0.05)  # ok returns; hold runs on
+        (running,) = worker.slots.running()
+        assert running.claimed.job.id == job.id and len(worker.outbox) == 1
+        store.cancel(job.id)
+        store.cancel(finished.id)
+        await worker.heartbeat.beat()
+        await settled(worker)
+        assert running.lost and job.id in cancelled, "the handler was not stopped"
+        assert len(worker.outbox) == 0, "a lost job's outcome is still to be written"
+        lease = running.claimed.lease
+        assert await worker.db.call(store.complete_many, [(lease, "late")]) == set()
+
+    run(store, fast, test)
+    for j in (job, finished):
+        after = store.get(j.id)
+        assert after.state is JobState.CANCELLED and after.result is None
+
+
+def test_the_heartbeat_leaves_an_outcome_being_written_to_its_fenced_write(
+    store: SqlStore, fast: Settings
+) -> None:
+    job = enqueue(store, task_type="ok")
+
+    async def test(worker: Worker) -> None:
+        await worker.fetcher.fetch()
+        await settled(worker)
+        store.cancel(job.id)
+        worker.outbox.start_batch(10)  # as if the complete loop were writing it right now
+        await worker.heartbeat.beat()
+        assert len(worker.outbox) == 1
+        worker.outbox.end_batch()
+        await worker.completer.flush()  # refused by the store, then forgotten
+        assert len(worker.outbox) == 0
+
+    run(store, fast, test)
+    assert store.get(job.id).state is JobState.CANCELLED
+
+
+def test_a_graceful_stop_releases_an_unfinished_job_without_charging_it(
+    store: SqlStore, fast: Settings
+) -> None:
+    job = enqueue(store, task_type="hold")
+
+    async def test(worker: Worker) -> None:
+        serving = asyncio.create_task(worker.run())
+        while not len(worker.slots):
+            assert not serving.done()
+            await asyncio.sleep(0.01)
+        worker.stop()
+        assert await asyncio.wait_for(serving, 10) == 0
+
+    run(store, fast, test)
+    released = store.get(job.id)
+    assert released.state is JobState.PENDING and released.attempts == 0
+    assert [a.outcome for a in released.attempt_log] == [AttemptOutcome.RELEASED]
+    assert store.stats(live_worker_seconds=60).workers == [], "the worker did not deregister"
+
+
+def test_a_second_stop_skips_the_rest_of_the_grace_period(
+    store: SqlStore, fast: Settings
+) -> None:
+    job = enqueue(store, task_type="hold")
+    patient = fast.model_copy(update={"shutdown_grace_seconds": 30.0})
+
+    async def test(worker: Worker) -> None:
+        serving = asyncio.create_task(worker.run())
+        while not len(worker.slots):
+            await asyncio.sleep(0.01)
+        worker.stop()
+        await asyncio.sleep(0.2)
+        assert not serving.done(), "the grace period was not waited for"
+        worker.stop()
+        assert await asyncio.wait_for(serving, 5) == 0
+
+    run(store, patient, test)
+    assert store.get(job.id).state is JobState.PENDING
+
+
+def test_a_crashed_loop_stops_the_worker_with_exit_code_1(
+    store: SqlStore, fast: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = enqueue(store, task_type="hold")
+    rescue = store.rescue
+    calls = []
+
+    def crashing_rescue(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise StoreUnavailable("down for a moment")  # weathered
+        if store.get(job.id, with_attempts=False).state is not JobState.RUNNING:
+            return rescue(*args)
+        raise RuntimeError("a bug in a loop")  # not weathered: once the job runs, crash
+
+    monkeypatch.setattr(store, "rescue", crashing_rescue)
+
+    async def test(worker: Worker) -> None:
+        assert await asyncio.wait_for(worker.run(), 10) == 1
+
+    run(store, fast, test)
+    assert len(calls) >= 2
+    released = store.get(job.id)  # stopping after a crash is a graceful stop all the same
+    assert released.state is JobState.PENDING and released.attempts == 0
+    assert store.stats(live_worker_seconds=60).workers == []
+
+
+def test_a_loop_weathers_store_unavailable_and_ends_when_told() -> None:
+    async def main() -> list[str]:
+        until, seen = asyncio.Event(), []
+
+        async def body() -> float:
+            seen.append("try")
+            if len(seen) < 3:
+                raise StoreUnavailable("down")
+            until.set()
+            return 60.0  # an interruptible sleep: the set event ends it at once
+
+        await asyncio.wait_for(run_loop("test", body, until), 5)
+        return seen
+
+    assert asyncio.run(main()) == ["try"] * 3
