@@ -19,8 +19,8 @@ from jobq.bench.figures import (
 from jobq.bench.options import PhaseError
 
 
-def drain(bench: Bench, url: str, service: Any, n: int, concurrency: int, tag: str,
-                  finished_before: int) -> dict[str, Any]:
+def drain_once(bench: Bench, url: str, service: Any, n: int, concurrency: int, tag: str,
+                       finished_before: int) -> dict[str, Any]:
     """Queue ``n`` no-op jobs, start the workers, wait for the queue to empty; rates from
     the jobs' own timestamps."""
     o = bench.opts
@@ -65,7 +65,7 @@ def drain_phase(bench: Bench, backend: Backend, tag: str, growth: bool, drain: b
         url = backend.new_url(f"drain-c{c}")
         service = bench.service(url)
         try:
-            base = drain(bench, url, service, o.jobs, c, tag, 0)
+            base = drain_once(bench, url, service, o.jobs, c, tag, 0)
             runs.append(base)
             if growth and idx == 0:
                 finished_series.append(base)
@@ -80,7 +80,7 @@ def drain_phase(bench: Bench, backend: Backend, tag: str, growth: bool, drain: b
                         have = level
                     else:
                         took = 0.0
-                    run = drain(bench, url, service, o.jobs, c, tag, have)
+                    run = drain_once(bench, url, service, o.jobs, c, tag, have)
                     run["backfill_seconds"] = round(took, 2)
                     finished_series.append(run)
                     have += o.jobs
@@ -93,7 +93,7 @@ def drain_phase(bench: Bench, backend: Backend, tag: str, growth: bool, drain: b
         url = backend.new_url("drain-big")
         service = bench.service(url)
         try:
-            big = drain(bench, url, service, o.growth_queued, c0, tag, 0)
+            big = drain_once(bench, url, service, o.growth_queued, c0, tag, 0)
         finally:
             service.close()
             backend.drop(url)
