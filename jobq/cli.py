@@ -88,7 +88,7 @@ def up(
     port: Port = None,
 ) -> None:
     """Migrate, then run the API and N worker processes; Ctrl-C stops them all cleanly."""
-    from jobq.supervisor import Supervisor
+    from jobq.api.supervisor import Supervisor
     from jobq.worker.runner import configure_logging
 
     settings = _settings(database_url=database_url, tasks=tasks, concurrency=concurrency,
@@ -116,7 +116,7 @@ def api(
     ] = None,
 ) -> None:
     """Run the REST API server (uvicorn)."""
-    from jobq.api_server import serve_api
+    from jobq.api.server import serve_api
 
     settings = _settings(database_url=database_url, tasks=tasks, host=host, port=port,
                          auto_migrate=auto_migrate, api_processes=processes)
@@ -135,7 +135,7 @@ def worker(
     auto_migrate: AutoMigrate = None,
 ) -> None:
     """Run worker process(es): claim due jobs, run their handlers, record the outcomes."""
-    from jobq.supervisor import Supervisor
+    from jobq.api.supervisor import Supervisor
     from jobq.worker.runner import configure_logging, run_worker
 
     settings = _settings(database_url=database_url, tasks=tasks, concurrency=concurrency,
@@ -381,7 +381,7 @@ app.add_typer(keys, name="keys")
 
 
 def _check_open_api(settings: Settings) -> None:
-    from jobq.api_server import check_open_api
+    from jobq.api.server import check_open_api
 
     try:
         check_open_api(settings)
