@@ -11,8 +11,9 @@ from pathlib import Path
 
 from jobq.harness import Processes, child_env
 
-REPO = Path(__file__).resolve().parent.parent
-TESTS = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
+#: This folder, on the PYTHONPATH of the processes started here: JOBQ_TASKS=ledger_tasks.
+SUPPORT = Path(__file__).resolve().parent
 
 #: Short leases and intervals so that the fault tests finish in seconds.
 FAST = {
@@ -31,7 +32,7 @@ def env_for(db_url: str, ledger: str | None = None, **extra: str) -> dict[str, s
         **FAST,
         "JOBQ_DATABASE_URL": db_url,
         "JOBQ_TASKS": "ledger_tasks",
-        "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)]),
+        "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)]),
         "PYTHONUNBUFFERED": "1",
     })
     if ledger:
