@@ -8,12 +8,17 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Annotated, Any, Optional
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from jobq.errors import ConfigError, JobqError
 from jobq.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from jobq.service import JobService
 
 app = typer.Typer(
     help="jobq: a fault-tolerant, SQL-backed background job system.",
@@ -65,15 +70,36 @@ def _migrate(settings: Settings) -> None:
     """Bring the schema up to date once, before starting processes that would each check."""
     from jobq.store import open_store
 
-    try:
+    with _reported():
         open_store(settings, auto_migrate=True).dispose()
-    except JobqError as exc:
-        raise _fail(exc) from None
 
 
 def _fail(exc: JobqError) -> typer.Exit:
     typer.secho(f"jobq: {exc}", fg="red", err=True)
     return typer.Exit(1)
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """A JobqError raised in the block becomes `jobq: <error>` on stderr and exit code 1."""
+    try:
+        yield
+    except JobqError as exc:
+        raise _fail(exc) from None
+
+
+@contextmanager
+def service(settings: Settings) -> Iterator[JobService]:
+    """A JobService for one command, closed at the end of the block; a JobqError, in opening
+    it or in the block, is reported as `_reported` does (exit code 1)."""
+    from jobq.service import JobService
+
+    with _reported():
+        svc = JobService.from_settings(settings)
+        try:
+            yield svc
+        finally:
+            svc.close()
 
 
 @app.command()
@@ -88,7 +114,7 @@ def up(
     port: Port = None,
 ) -> None:
     """Migrate, then run the API and N worker processes; Ctrl-C stops them all cleanly."""
-    from jobq.supervisor import Supervisor
+    from jobq.api.supervisor import Supervisor
     from jobq.worker import configure_logging
 
     settings = _settings(database_url=database_url, tasks=tasks, concurrency=concurrency,
@@ -116,7 +142,7 @@ def api(
     ] = None,
 ) -> None:
     """Run the REST API server (uvicorn)."""
-    from jobq.api_server import serve_api
+    from jobq.api.server import serve_api
 
     settings = _settings(database_url=database_url, tasks=tasks, host=host, port=port,
                          auto_migrate=auto_migrate, api_processes=processes)
@@ -135,20 +161,18 @@ def worker(
     auto_migrate: AutoMigrate = None,
 ) -> None:
     """Run worker process(es): claim due jobs, run their handlers, record the outcomes."""
-    from jobq.supervisor import Supervisor
+    from jobq.api.supervisor import Supervisor
     from jobq.worker import configure_logging, run_worker
 
     settings = _settings(database_url=database_url, tasks=tasks, concurrency=concurrency,
                          queues=queues, processes=processes, auto_migrate=auto_migrate)
-    try:
+    with _reported():
         if settings.processes == 1:
             raise typer.Exit(run_worker(settings))
         configure_logging(settings.log_level)
         if settings.auto_migrate:
             _migrate(settings)
         raise typer.Exit(Supervisor(settings, workers=settings.processes).run())
-    except JobqError as exc:
-        raise _fail(exc) from None
 
 
 @app.command("migrate")
@@ -176,25 +200,16 @@ def enqueue(
     tasks: Tasks = None,
 ) -> None:
     """Submit one job and print it as JSON."""
-    from jobq.service import JobService
-
     try:
         value = json.loads(payload)
     except ValueError as exc:
         typer.secho(f"jobq: --payload is not valid JSON: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
-    settings = _settings(database_url=database_url, tasks=tasks)
-    try:
-        service = JobService.from_settings(settings)
-        try:
-            result = service.enqueue(
-                task_type, value, queue=queue, priority=priority, max_attempts=max_attempts,
-                delay_seconds=delay, idempotency_key=idempotency_key,
-            )
-        finally:
-            service.close()
-    except JobqError as exc:
-        raise _fail(exc) from None
+    with service(_settings(database_url=database_url, tasks=tasks)) as svc:
+        result = svc.enqueue(
+            task_type, value, queue=queue, priority=priority, max_attempts=max_attempts,
+            delay_seconds=delay, idempotency_key=idempotency_key,
+        )
     job = result.job
     typer.echo(json.dumps({
         "id": job.id, "task_type": job.task_type, "queue": job.queue, "state": str(job.state),
@@ -211,17 +226,8 @@ def stats(
     from rich.console import Console
     from rich.table import Table
 
-    from jobq.service import JobService
-
-    settings = _settings(database_url=database_url)
-    try:
-        service = JobService.from_settings(settings)
-        try:
-            s = service.stats()
-        finally:
-            service.close()
-    except JobqError as exc:
-        raise _fail(exc) from None
+    with service(_settings(database_url=database_url)) as svc:
+        s = svc.stats()
     if as_json:
         typer.echo(json.dumps({
             "jobs": s.jobs, "queues": s.queues,
@@ -381,7 +387,7 @@ app.add_typer(keys, name="keys")
 
 
 def _check_open_api(settings: Settings) -> None:
-    from jobq.api_server import check_open_api
+    from jobq.api.server import check_open_api
 
     try:
         check_open_api(settings)
@@ -411,17 +417,8 @@ def keys_create(
     database_url: DbUrl = None,
 ) -> None:
     """Create an API key and print its token, once: only a hash of it is kept."""
-    from jobq.service import JobService
-
-    settings = _settings(database_url=database_url)
-    try:
-        service = JobService.from_settings(settings)
-        try:
-            key, token = service.create_key(name, queue, scope)
-        finally:
-            service.close()
-    except JobqError as exc:
-        raise _fail(exc) from None
+    with service(_settings(database_url=database_url)) as svc:
+        key, token = svc.create_key(name, queue, scope)
     typer.echo(token)
     typer.echo(
         f"created API key {key.prefix} ({key.name!r}; queues {','.join(key.queues)}; scopes "
@@ -439,17 +436,8 @@ def keys_list(
     from rich.console import Console
     from rich.table import Table
 
-    from jobq.service import JobService
-
-    settings = _settings(database_url=database_url)
-    try:
-        service = JobService.from_settings(settings)
-        try:
-            found = service.list_keys()
-        finally:
-            service.close()
-    except JobqError as exc:
-        raise _fail(exc) from None
+    with service(_settings(database_url=database_url)) as svc:
+        found = svc.list_keys()
     if as_json:
         typer.echo(json.dumps([_key_json(k) for k in found], indent=2))
         return
@@ -472,18 +460,9 @@ def keys_revoke(
     database_url: DbUrl = None,
 ) -> None:
     """Revoke an API key; API processes refuse it within JOBQ_API_KEY_CACHE_SECONDS."""
-    from jobq.service import JobService
-
-    settings = _settings(database_url=database_url)
-    try:
-        service = JobService.from_settings(settings)
-        try:
-            key = service.revoke_key(prefix)
-            still_active = service.keys_configured()
-        finally:
-            service.close()
-    except JobqError as exc:
-        raise _fail(exc) from None
+    with service(_settings(database_url=database_url)) as svc:
+        key = svc.revoke_key(prefix)
+        still_active = svc.keys_configured()
     typer.echo(f"revoked API key {key.prefix} ({key.name!r})")
     if not still_active:
         typer.secho(

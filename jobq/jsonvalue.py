@@ -53,10 +53,6 @@ class JsonLimits:
 #: The limits that the API, the CLI, the Python API and the worker all use.
 LIMITS = JsonLimits()
 
-#: Deepest nesting of arrays and objects a payload may have (the top level counts as 1).
-MAX_PAYLOAD_DEPTH = LIMITS.max_depth
-
-
 def _where(name: str, path: tuple[str | int, ...]) -> str:
     out = name
     for part in path:

@@ -17,7 +17,6 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -25,8 +24,6 @@ from jobq.errors import InvalidKeySpec
 from jobq.types import NAME_PATTERN
 
 TOKEN_PREFIX = "jobq_"
-#: Public part of a token: 6 random bytes as hex; unique in the table.
-PREFIX_PATTERN = r"^[0-9a-f]{12}$"
 SECRET_BYTES = 32
 ALL_QUEUES = "*"
 
@@ -37,6 +34,8 @@ _GRANTS = {ENQUEUE: {ENQUEUE}, READ: {READ}, ADMIN: {ADMIN, READ, ENQUEUE}}
 
 MAX_NAME_LENGTH = 128
 
+#: A token: jobq_<prefix>_<secret>. The prefix, its public part, is 6 random bytes as hex and
+#: unique in the table.
 _TOKEN = re.compile(r"^jobq_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 
 
@@ -137,11 +136,3 @@ def prefix_of(text: str) -> str:
     """A key's prefix from either the prefix itself or a whole token."""
     token = parse_token(text)
     return token.prefix if token else text
-
-
-def scopes_granted(scopes: Iterable[str]) -> set[str]:
-    """Every scope that ``scopes`` grant, implied ones included."""
-    out: set[str] = set()
-    for s in scopes:
-        out |= _GRANTS.get(s, set())
-    return out

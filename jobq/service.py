@@ -254,9 +254,6 @@ class JobService:
             return self.store.stats(live_worker_seconds=live, queues=sorted(allowed_queues))
         return self.store.stats(live_worker_seconds=live)
 
-    def task_types(self) -> Sequence[str]:
-        return self.registry.names()
-
     def ping(self) -> datetime:
         return self.store.ping()
 

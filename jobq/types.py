@@ -62,17 +62,6 @@ class JobState(str, enum.Enum):
 
 FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 
-#: The legal moves, as drawn above. The store's guarded statements implement exactly these.
-TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.PENDING: frozenset({JobState.RUNNING, JobState.CANCELLED}),
-    JobState.RUNNING: frozenset(
-        {JobState.DONE, JobState.PENDING, JobState.FAILED, JobState.CANCELLED}
-    ),
-    JobState.DONE: frozenset(),
-    JobState.FAILED: frozenset({JobState.PENDING}),
-    JobState.CANCELLED: frozenset({JobState.PENDING}),
-}
-
 
 class AttemptOutcome(str, enum.Enum):
     """What became of one attempt."""

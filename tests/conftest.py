@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from sqlalchemy.engine import make_url
 
+from jobq.harness import PgDatabases
 from jobq.registry import load_registry
 from jobq.service import JobService
 from jobq.settings import Settings, load_settings
@@ -46,18 +46,15 @@ def pg_url() -> Iterator[str]:
             pytest.fail(f"JOBQ_REQUIRE_POSTGRES=1 but {reason}", pytrace=False)
         _pg_skipped.append(reason)
         pytest.skip(reason)
-    name = f"jobq_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    url = url.replace("postgresql+psycopg://", "postgresql://")
+    db = PgDatabases(PG_ADMIN_URL, name=f"jobq_test_{os.getpid()}_{uuid.uuid4().hex[:8]}")
+    db.create()
+    url = db.url()
     store = open_store(load_settings(database_url=url))
     store.dispose()
     try:
         yield url
     finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        db.drop()
 
 
 def _truncate(url: str) -> None:

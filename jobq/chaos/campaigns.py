@@ -21,9 +21,11 @@ from typing import Any
 
 import httpx
 import psycopg
-from sqlalchemy.engine import make_url
 
-from jobq.chaos.harness import BlackholeProxy, Cluster, Databases, LoadGen, Proc, wait_until
+from jobq.chaos.cluster import Databases, chaos_cluster
+from jobq.chaos.load import LoadGen
+from jobq.chaos.proxy import BlackholeProxy
+from jobq.harness import Cluster, Proc, server_address, wait_until, with_server
 from jobq.settings import load_settings
 from jobq.store import SqlStore, open_store
 from jobq.types import AttemptOutcome, Job, JobState
@@ -229,7 +231,7 @@ class Setup:
         self.db_url = (f"sqlite:///{run_dir / 'jobq.db'}" if self.sqlite else self.dbs.jobq_url)
         store = open_store(load_settings(database_url=self.db_url))  # migrate once, up front
         store.dispose()
-        self.cluster = Cluster(run_dir, self.db_url, self.dbs.ledger_url)
+        self.cluster = chaos_cluster(run_dir, self.db_url, self.dbs.ledger_url)
         return self
 
     def store(self) -> SqlStore:
@@ -385,7 +387,7 @@ def _pg_ready(admin_url: str) -> bool:
 
 def database_faults(ctx: Ctx) -> list[Check]:
     """PostgreSQL restarted (fast), crashed (immediate stop, start), its backends terminated."""
-    host = make_url(ctx.admin_url).host or "localhost"
+    host = server_address(ctx.admin_url)[0] or "localhost"
     if _pg_cluster() is None or host not in ("127.0.0.1", "localhost", "::1"):
         return [Check("database faults", "needs a local PostgreSQL with pg_ctlcluster", False)]
     with Setup(ctx, "3-database-faults") as s:
@@ -433,13 +435,13 @@ def zombies(ctx: Ctx) -> list[Check]:
     """A worker frozen with SIGSTOP past its lease; a worker whose database link is cut."""
     checks: list[Check] = []
     with Setup(ctx, "5-zombies") as s:
-        pg = make_url(s.dbs.jobq_url)
-        proxy = BlackholeProxy(pg.host or "127.0.0.1", pg.port or 5432)
-        via_proxy = pg.set(host="127.0.0.1", port=proxy.port).render_as_string(False)
+        host, port = server_address(s.dbs.jobq_url)
+        proxy = BlackholeProxy(host or "127.0.0.1", port or 5432)
+        via_proxy = with_server(s.dbs.jobq_url, "127.0.0.1", proxy.port)
         try:
             frozen = s.cluster.start_worker(0, "--concurrency", "4")
             cut = s.cluster.start_worker(1, "--concurrency", "4",
-                                         JOBQ_DATABASE_URL=via_proxy.replace("+psycopg", ""))
+                                         JOBQ_DATABASE_URL=via_proxy)
             store = s.store()
             try:
                 wait_until(lambda: len(store.stats(60).workers) == 2, 30)

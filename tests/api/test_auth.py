@@ -40,7 +40,8 @@ from jobq.settings import Settings, load_settings
 from jobq.store import SqlStore
 from jobq.store.tables import api_keys
 from jobq.types import JobState
-from procs import Procs, env_for, free_port, wait_for
+from jobq.harness import free_port, wait_for
+from procs import Procs, env_for
 from test_api import problem
 
 CHALLENGE = 'Bearer realm="jobq"'

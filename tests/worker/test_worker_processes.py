@@ -15,7 +15,8 @@ import pytest
 from jobq.store import SqlStore
 from jobq.types import AttemptOutcome, JobState, NewJob
 from ledger_tasks import read_ledger
-from procs import Procs, env_for, wait_for
+from jobq.harness import wait_for
+from procs import Procs, env_for
 
 pytestmark = pytest.mark.slow
 

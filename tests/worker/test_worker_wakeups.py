@@ -14,7 +14,8 @@ from jobq.errors import JobNotFound
 from jobq.store import SqlStore
 from jobq.store.postgres import listen_dsn
 from jobq.types import JobState, NewJob
-from procs import Procs, env_for, wait_for
+from jobq.harness import wait_for
+from procs import Procs, env_for
 
 pytestmark = pytest.mark.slow
 

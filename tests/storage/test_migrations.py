@@ -13,14 +13,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
-from sqlalchemy.engine import make_url
 
+from jobq.harness import PgDatabases
 from jobq.settings import load_settings
 from jobq.store import SqlStore
 from jobq.store import make_engine
@@ -37,30 +36,23 @@ from jobq.types import JobState, NewJob
 TABLES = {"jobq_jobs", "jobq_attempts", "jobq_workers", "jobq_api_keys"}
 
 
-def _plain(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://")
-
-
 @pytest.fixture
 def fresh_url(db_url: str, tmp_path: Path) -> Iterator[Callable[[], str]]:
     """A factory of empty databases of the backend under test (no schema at all)."""
-    made: list[str] = []
+    made: list[PgDatabases] = []
 
     def make() -> str:
         name = f"jobq_mig_{uuid.uuid4().hex[:10]}"
         if db_url.startswith("sqlite"):
             return f"sqlite:///{tmp_path / (name + '.db')}"
-        with psycopg.connect(_plain(db_url), autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        made.append(name)
-        url = make_url(db_url).set(database=name).render_as_string(hide_password=False)
-        return _plain(url)
+        db = PgDatabases(db_url, name=name)
+        db.create()
+        made.append(db)
+        return db.url()
 
     yield make
-    if made:
-        with psycopg.connect(_plain(db_url), autocommit=True) as admin:
-            for name in made:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    for db in made:
+        db.drop()
 
 
 def _engine(url: str) -> Engine:
@@ -197,6 +189,7 @@ def test_downgrade_to_base_and_up_again(fresh_url: Callable[[], str]) -> None:
 
 _MIGRATE_AT_ONCE = """
 import os, sys, time
+from jobq.harness import PgDatabases
 from jobq.settings import load_settings
 from jobq.store import make_engine
 from jobq.store.migrate import current_revision, migrate

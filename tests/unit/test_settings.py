@@ -201,7 +201,7 @@ def test_direct_construction_matches_load_settings() -> None:
 
 def test_settings_survive_the_trip_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     # `jobq api --processes N` hands its settings to uvicorn's children this way.
-    from jobq.api_server import settings_environment
+    from jobq.api.server import settings_environment
 
     given = Settings(database_url="sqlite:///x.db", tasks=["a.b", "c"], queues=["q1", "q2"],
                      lease_seconds=7.5, heartbeat_enabled=False, api_processes=3, port=9001)

@@ -44,7 +44,7 @@ def child_main(kind: str, settings_data: dict[str, Any], parent_pid: int, index:
 
         raise SystemExit(run_worker(settings))
     if kind == "api":
-        from jobq.api_server import serve_api
+        from jobq.api.server import serve_api
 
         raise SystemExit(serve_api(settings))
     raise SystemExit(f"unknown process kind {kind!r}")

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from procs import REPO, Procs, env_for, free_port, wait_for
+from jobq.harness import free_port, wait_for
+from procs import REPO, Procs, env_for
 
 pytestmark = pytest.mark.slow
 

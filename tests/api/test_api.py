@@ -33,7 +33,7 @@ from jobq.settings import Settings, load_settings
 from jobq.store import SqlStore
 from jobq.store import make_engine
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROBLEM = "application/problem+json"
 BUILTIN_TASKS = {"test", "echo", "sleep", "fail", "noop"}
 JOB_KEYS = {

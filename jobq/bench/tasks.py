@@ -1,4 +1,4 @@
-"""Tasks of `jobq bench` (loaded with ``JOBQ_TASKS=jobq.bench_tasks``).
+"""Tasks of `jobq bench` (loaded with ``JOBQ_TASKS=jobq.bench.tasks``).
 
 Both are async, so that a drain measures the queue (claim, start, record the outcome) and not
 a thread hop per job.

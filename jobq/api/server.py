@@ -80,7 +80,7 @@ def serve_api(settings: Settings) -> int:
     # Each child builds its app from the environment, so these settings go there first.
     os.environ.update(settings_environment(settings))
     os.environ[_SUPERVISOR_PID] = str(os.getpid())
-    uvicorn.run("jobq.api_server:child_app", factory=True, workers=settings.api_processes,
+    uvicorn.run("jobq.api.server:child_app", factory=True, workers=settings.api_processes,
                 **common)
     return 0
 
