@@ -1,0 +1,84 @@
+"""Commands on the jobs: enqueue one, show the counts."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+from jobq.cli.options import DbUrl, Tasks, _settings, service
+
+
+def enqueue(
+    task_type: Annotated[str, typer.Argument(help="Registered task name, e.g. echo")],
+    payload: Annotated[str, typer.Option("--payload", help="JSON payload")] = "null",
+    queue: Annotated[str, typer.Option("--queue", help="Queue name")] = "default",
+    priority: Annotated[int, typer.Option("--priority", min=-1000, max=1000,
+                                          help="Higher runs first")] = 0,
+    delay: Annotated[Optional[float], typer.Option("--delay", min=0,
+                                                   help="Seconds before it may run")] = None,
+    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", min=1,
+                                                        max=1000)] = None,
+    idempotency_key: Annotated[Optional[str], typer.Option("--idempotency-key")] = None,
+    database_url: DbUrl = None,
+    tasks: Tasks = None,
+) -> None:
+    """Submit one job and print it as JSON."""
+    try:
+        value = json.loads(payload)
+    except ValueError as exc:
+        typer.secho(f"jobq: --payload is not valid JSON: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    with service(_settings(database_url=database_url, tasks=tasks)) as svc:
+        result = svc.enqueue(
+            task_type, value, queue=queue, priority=priority, max_attempts=max_attempts,
+            delay_seconds=delay, idempotency_key=idempotency_key,
+        )
+    job = result.job
+    typer.echo(json.dumps({
+        "id": job.id, "task_type": job.task_type, "queue": job.queue, "state": str(job.state),
+        "created": result.created, "run_at": job.run_at.isoformat(),
+    }))
+
+
+def stats(
+    database_url: DbUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """Show job counts by state and queue, live workers and queue latency."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with service(_settings(database_url=database_url)) as svc:
+        s = svc.stats()
+    if as_json:
+        typer.echo(json.dumps({
+            "jobs": s.jobs, "queues": s.queues,
+            "workers": [{"id": w.id, "host": w.host, "pid": w.pid, "queues": list(w.queues),
+                         "last_heartbeat_at": w.last_heartbeat_at.isoformat()}
+                        for w in s.workers],
+            "oldest_pending_age_seconds": s.oldest_pending_age_seconds,
+            "finished_last_minute": s.finished_last_minute,
+        }, indent=2))
+        return
+    console = Console()
+    states = list(s.jobs)
+    table = Table(title="jobs")
+    table.add_column("queue")
+    for state in states:
+        table.add_column(state, justify="right")
+    for queue, counts in s.queues.items():
+        table.add_row(queue, *(str(counts[st]) for st in states))
+    table.add_row("[bold]all[/bold]", *(f"[bold]{s.jobs[st]}[/bold]" for st in states))
+    console.print(table)
+    age = s.oldest_pending_age_seconds
+    console.print(f"oldest due pending job: {'-' if age is None else f'{age:.1f}s'}   "
+                  f"finished in the last minute: {s.finished_last_minute}")
+    wt = Table(title=f"live workers ({len(s.workers)})")
+    for col in ("id", "host", "pid", "queues", "last heartbeat"):
+        wt.add_column(col)
+    for w in s.workers:
+        wt.add_row(w.id, w.host, str(w.pid), ",".join(w.queues),
+                   w.last_heartbeat_at.strftime("%H:%M:%S"))
+    console.print(wt)
