@@ -176,6 +176,6 @@ def sqlite_kills(ctx: Ctx) -> list[Check]:
             s.cluster.restart(ctx.rng.choice(workers))
         checks = finish(s, load)
         locked = sum(p.read_text(errors="replace").count("database is locked")
-                     for p in (s.cluster.run_dir).glob("api*.log"))
+                     for p in s.cluster.log_dir.glob("api*.log"))
         checks.append(Check("database is locked", f"{locked} in the API's log", locked == 0))
         return checks
