@@ -8,6 +8,8 @@ more costs little here, where on PostgreSQL it would cost a round trip.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
 from typing import Any
 
@@ -51,6 +53,25 @@ _DONE_ONE = (
 )
 
 
+def _use_wal(cur: Any, timeout: float) -> None:
+    """Switch the file to WAL (it stays so: later connections only read that it is).
+
+    The switch needs the file to itself, and SQLite may refuse it at once, without its busy
+    handler, while other connections are opening the same file: seen with eight processes
+    starting together. So it is tried again until ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class Sqlite:
     name = "sqlite"
     single_writer = True
@@ -73,7 +94,7 @@ class Sqlite:
             # not only a killed process. busy_timeout: wait for the write lock instead of
             # failing; first, as switching to WAL needs a lock a migrating process may hold.
             cur.execute(f"PRAGMA busy_timeout={busy_ms}")
-            cur.execute("PRAGMA journal_mode=WAL")
+            _use_wal(cur, settings.db_timeout_seconds)
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
