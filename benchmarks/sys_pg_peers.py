@@ -62,8 +62,8 @@ class PgQueuer(_PgPeer):
     name = "pgqueuer"
     dist = "pgqueuer"
     settings = {
-        "default": ("2 × `pgq run` (default batch size, 10)", []),
-        "tuned": ("2 × `pgq run --batch-size 64`", ["--batch-size", "64"]),
+        "default": ("2 × PgQueuer.run() (default batch size, 10)", []),
+        "tuned": ("2 × PgQueuer.run(batch_size=64)", ["--batch-size", "64"]),
     }
 
     def prepare(self) -> None:
@@ -89,7 +89,7 @@ class PgQueuer(_PgPeer):
 
     def workers(self, setting: str) -> list[tuple[str, list[str], dict[str, str]]]:
         env = worker_env(self.stamp_dir, PGDSN=self.url)
-        args = [str(_BIN / "pgq"), "run", "tasks_pgqueuer:main", "--log-level", "WARNING",
+        args = [str(_BIN / "python"), str(HERE / "tasks_pgqueuer.py"),
                 *self.settings[setting][1]]
         return [(f"pgq-worker-{i}", args, env) for i in range(2)]
 
