@@ -20,6 +20,7 @@ from jobq.registry import load_registry
 from jobq.service import JobService
 from jobq.settings import Settings, load_settings
 from jobq.store import SqlStore, open_store
+from procs import Procs
 
 PG_ADMIN_URL = os.environ.get(
     "JOBQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -94,6 +95,14 @@ def store(settings: Settings) -> Iterator[SqlStore]:
 @pytest.fixture
 def service(store: SqlStore, settings: Settings) -> JobService:
     return JobService(store, load_registry(settings.tasks), settings)
+
+
+@pytest.fixture
+def procs(tmp_path) -> Iterator[Procs]:  # type: ignore[no-untyped-def]
+    """Real jobq processes of one test, all stopped (by PID) when it ends."""
+    p = Procs(tmp_path)
+    yield p
+    p.stop_all()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]

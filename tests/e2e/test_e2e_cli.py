@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,13 +18,6 @@ from jobq.harness import free_port, wait_for
 from procs import REPO, Procs, env_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
-    yield p
-    p.stop_all()
 
 
 def _wait_healthy(base: str, procs: Procs, timeout: float = 30) -> None:

@@ -4,8 +4,6 @@ retention loop. Real processes against a real database."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -21,13 +19,6 @@ pytestmark = pytest.mark.slow
 
 #: Long enough that a job picked up within it was woken, not found by a poll.
 SLOW_POLL = "30"
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
-    yield p
-    p.stop_all()
 
 
 def _registered(store: SqlStore, n: int = 1) -> bool:
