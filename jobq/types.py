@@ -79,7 +79,10 @@ class AttemptOutcome(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Attempt:
-    id: int
+    """One attempt of a job. An attempt is written to the attempts table when it ends; the
+    one still running is the job's own lease, shown with ``id`` None."""
+
+    id: int | None
     job_id: int
     attempt: int
     worker_id: str
@@ -190,6 +193,7 @@ class Lease:
     token: str
     attempt: int
     max_attempts: int
+    worker_id: str  # who holds it: its attempt is recorded under this worker when it ends
 
 
 @dataclass(frozen=True)

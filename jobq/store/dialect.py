@@ -38,6 +38,9 @@ class Connections(Protocol):
 
 #: Runs a claim with its parameters and returns the claimed rows (``Dialect.claim_runner``).
 ClaimRunner = Callable[[Connections, dict[str, Any]], Sequence[Row[Any]]]
+#: Writes (lease, result) pairs as done and returns the tokens that took
+#: (``Dialect.completion_runner``).
+CompletionRunner = Callable[[Connections, Sequence[tuple[Lease, Any]]], set[str]]
 
 
 class Dialect(Protocol):
@@ -63,16 +66,17 @@ class Dialect(Protocol):
     def enqueue_params(self, rows: list[dict[str, Any]], engine: Engine) -> Any:
         """The parameters of ``enqueue_statement`` for the jobs' values (``enqueue._values``)."""
 
-    def claim_runner(
-        self, probe: Select[Any], claim: Any, attempts_of: Callable[[Any], Any]
-    ) -> ClaimRunner:
+    def claim_runner(self, probe: Select[Any], claim: Any) -> ClaimRunner:
         """How a claim runs: ``claim`` (UPDATE … RETURNING) moves the jobs to running;
-        ``attempts_of(source)`` writes the attempt rows of claimed rows found in ``source``;
         ``probe`` finds whether anything is due at all."""
 
-    def mark_done(self, conn: Connection, finished: Sequence[tuple[Lease, Any]]) -> set[str]:
-        """running → done for each (lease, result) whose claim still holds; the tokens that
-        took. The attempts are the caller's."""
+    def completion_runner(self) -> CompletionRunner:
+        """How a batch of successes is written: running → done for each (lease, result)
+        whose claim still holds, and the attempts of those that took recorded
+        (``attempt_log``)."""
+
+    def one_statement(self, db: Connections) -> AbstractContextManager[Connection]:
+        """A connection for a write that is a single statement, which is atomic by itself."""
 
     def wake(self, conn: Connection, queues: Iterable[str]) -> None:
         """Wake idle workers of ``queues`` when ``conn``'s transaction commits."""

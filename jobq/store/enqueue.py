@@ -45,7 +45,10 @@ class Enqueue(StoreBase):
         if not news:
             return []
         first, fresh = _fresh(news)
-        with self.write() as conn:
+        # One statement that can roll nothing back (no key of the batch can conflict after
+        # the INSERT) is its own transaction: a lone job costs one round trip.
+        alone = len(fresh) <= self.ENQUEUE_CHUNK and (not first or len(news) == 1)
+        with self.dialect.one_statement(self) if alone else self.write() as conn:
             rows = []
             for start in range(0, len(fresh), self.ENQUEUE_CHUNK):
                 chunk = [news[i] for i in fresh[start:start + self.ENQUEUE_CHUNK]]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, literal
+from sqlalchemy import and_, literal, literal_column
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 from sqlalchemy.types import Boolean, String
@@ -20,11 +20,23 @@ from jobq.types import JobState
 
 _RUNNING = JobState.RUNNING.value
 
+def in_state(state: str) -> ColumnElement[bool]:
+    """``jobs.state = '<state>'`` with the state written into the statement, not bound.
+
+    The partial indexes (``WHERE state = 'pending'``, ``'running'``) are usable only by a plan
+    that can see the state: with ``state = $1`` PostgreSQL's generic plan, which psycopg's
+    prepared statements get after five runs, cannot use them. With statistics that still
+    said "the table is empty" it sorted every pending job on each claim instead (15 ms a
+    claim of 10 with 20,000 pending, against well under 1 ms on the claim index).
+    """
+    return jobs.c.state == literal_column(f"'{JobState(state).value}'", String)
+
+
 #: Clearing the lease is part of every move out of ``running``.
 NO_LEASE = {"worker_id": None, "lease_token": None, "lease_expires_at": None}
 
 
-def held(token: Any, job_id: Any = None) -> ColumnElement[bool]:
+def held(token: Any, job_id: Any = None, running: Any = None) -> ColumnElement[bool]:
     """THE fencing guard: the job is running under the claim whose token is ``token``.
 
     ``token`` is a value, a bound parameter or a column; or, for a set of claims, a ready
@@ -32,10 +44,18 @@ def held(token: Any, job_id: Any = None) -> ColumnElement[bool]:
     when the caller knows it. Every write by a claim's holder is guarded by this, so a worker
     whose lease was lost (rescued, cancelled) changes nothing: zero rows means somebody else
     got there first.
+
+    ``running``: for a batch joined row by row (ids and tokens as arrays), a column of that
+    batch holding ``'running'`` in every row, compared instead of the literal. As a join
+    condition the planner cannot answer it from the ``running`` partial index, whose dead
+    entries (every job that ran since the last vacuum) it would otherwise read on each
+    batch: measured, a completion of 10 slowed from 2.6 to 8.2 ms over 20,000 jobs. Looked
+    up by id instead, a batch costs what its rows cost.
     """
     is_condition = isinstance(token, ColumnElement) and isinstance(token.type, Boolean)
     matches = token if is_condition else jobs.c.lease_token == token
-    guard = and_(jobs.c.state == _RUNNING, matches)
+    state = in_state(_RUNNING) if running is None else jobs.c.state == running
+    guard = and_(state, matches)
     return guard if job_id is None else and_(jobs.c.id == job_id, guard)
 
 

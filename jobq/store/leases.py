@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
-    Connection,
     Float,
     Integer,
     Select,
@@ -18,18 +17,17 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    insert,
-    literal,
     select,
     update,
 )
 
+from jobq.store import attempt_log
 from jobq.store.base import StoreBase, translate
-from jobq.store.dialect import ClaimRunner
-from jobq.store.exprs import NO_LEASE, db_now, held, new_token, seconds_from_now
+from jobq.store.dialect import ClaimRunner, CompletionRunner
+from jobq.store.exprs import NO_LEASE, db_now, held, in_state, new_token, seconds_from_now
 from jobq.store.maintenance import insert_worker
 from jobq.store.rows import job_of
-from jobq.store.tables import attempts, jobs, workers
+from jobq.store.tables import jobs, workers
 from jobq.types import (
     AttemptOutcome,
     ClaimedJob,
@@ -40,7 +38,6 @@ from jobq.types import (
 )
 
 PENDING, RUNNING, FAILED = JobState.PENDING.value, JobState.RUNNING.value, JobState.FAILED.value
-_OPEN = AttemptOutcome.RUNNING.value  # an attempt not yet closed
 
 
 class Leases(StoreBase):
@@ -48,10 +45,10 @@ class Leases(StoreBase):
     def claim(
         self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
     ) -> list[ClaimedJob]:
-        """pending → running for up to ``limit`` due jobs, highest priority first, with their
-        attempts written in the same transaction. The candidates are locked with SKIP LOCKED
-        on PostgreSQL, so concurrent claimers pass each other by; on SQLite the transaction
-        holds the write lock."""
+        """pending → running for up to ``limit`` due jobs, highest priority first. The
+        candidates are locked with SKIP LOCKED on PostgreSQL, so concurrent claimers pass each
+        other by; on SQLite the transaction holds the write lock. (Each attempt is recorded
+        when it ends: ``attempt_log``.)"""
         if limit <= 0:
             return []
         params = {"c_queues": list(queues), "c_limit": limit, "c_worker": worker_id,
@@ -61,7 +58,7 @@ class Leases(StoreBase):
             ClaimedJob(
                 job=job_of(r),
                 lease=Lease(job_id=r.id, token=r.lease_token, attempt=r.attempts,
-                            max_attempts=r.max_attempts),
+                            max_attempts=r.max_attempts, worker_id=worker_id),
             )
             for r in rows
         ]
@@ -78,7 +75,7 @@ class Leases(StoreBase):
         # reads the claim index in its order and stops at the limit; with an array it cannot
         # know that and sorts every due job first. (A worker's queues never change, so the
         # text stays the same, and so does the prepared statement.)
-        due = and_(jobs.c.state == PENDING,
+        due = and_(in_state(PENDING),
                    jobs.c.queue.in_(bindparam("c_queues", expanding=True)),
                    jobs.c.run_at <= db_now())
         candidates = (
@@ -105,7 +102,7 @@ class Leases(StoreBase):
             .returning(*jobs.c)
         )
         probe = select(jobs.c.id).where(due).limit(1)
-        return self.dialect.claim_runner(probe, claim, _attempts_of)
+        return self.dialect.claim_runner(probe, claim)
 
     def complete(self, lease: Lease, result: Any) -> bool:
         """running → done. False when the lease was lost (the job is not changed)."""
@@ -114,21 +111,16 @@ class Leases(StoreBase):
     @translate
     def complete_many(self, finished: Sequence[tuple[Lease, Any]]) -> set[str]:
         """running → done for many jobs at once, each row still guarded by its own fencing
-        token. Returns the tokens whose write took; a lease that was lost meanwhile (rescued,
-        cancelled) is left out and its job is not changed. Two statements whatever the batch
-        size, each compiled once (``Dialect.mark_done``), then the attempts are closed."""
+        token, and their attempts recorded. Returns the tokens whose write took; a lease that
+        was lost meanwhile (rescued, cancelled) is left out and its job is not changed. The
+        statements are the same whatever the batch size (``Dialect.completion_runner``)."""
         if not finished:
             return set()
-        with self.write() as conn:
-            taken = self.dialect.mark_done(conn, finished)
-            if taken:
-                conn.execute(
-                    update(attempts)
-                    .where(self.dialect.any_of(attempts.c.lease_token, taken, String),
-                           attempts.c.outcome == _OPEN)
-                    .values(outcome=AttemptOutcome.DONE.value, finished_at=db_now())
-                )
-        return taken
+        return self._complete(self, finished)
+
+    @functools.cached_property
+    def _complete(self) -> CompletionRunner:
+        return self.dialect.completion_runner()
 
     @translate
     def fail(
@@ -151,11 +143,12 @@ class Leases(StoreBase):
                     last_error=error,
                     **NO_LEASE,
                 )
-                .returning(jobs.c.state)
+                .returning(jobs.c.state, jobs.c.started_at)
             ).first()
             if row is None:
                 return None
-            _close_attempt(conn, lease.token, AttemptOutcome.ERROR, error, tb)
+            attempt_log.record(conn, self.dialect, [_of_lease(lease, row.started_at)],
+                               AttemptOutcome.ERROR, error, tb)
         return JobState(row.state)
 
     @translate
@@ -164,15 +157,17 @@ class Leases(StoreBase):
         released = 0
         with self.write() as conn:
             for lease in leases:
-                changed = conn.execute(
+                row = conn.execute(
                     update(jobs)
                     .where(held(lease.token, lease.job_id))
                     # run_at stays: the job was due already and keeps its place in line.
                     .values(state=PENDING, attempts=jobs.c.attempts - 1, **NO_LEASE)
-                ).rowcount
-                if changed:
+                    .returning(jobs.c.started_at)
+                ).first()
+                if row is not None:
                     released += 1
-                    _close_attempt(conn, lease.token, AttemptOutcome.RELEASED)
+                    attempt_log.record(conn, self.dialect, [_of_lease(lease, row.started_at)],
+                                       AttemptOutcome.RELEASED)
             if released:
                 queues = conn.execute(
                     select(jobs.c.queue).where(jobs.c.id.in_([lease.job_id for lease in leases]))
@@ -216,8 +211,9 @@ class Leases(StoreBase):
     def rescue(self, limit: int = 1000) -> list[Job]:
         """running → pending (or failed, attempts spent) for jobs whose lease expired."""
         expired = (
-            select(jobs.c.id)
-            .where(jobs.c.state == RUNNING, jobs.c.lease_expires_at < db_now())
+            select(jobs.c.id, jobs.c.attempts, jobs.c.worker_id, jobs.c.lease_token,
+                   jobs.c.started_at)
+            .where(in_state(RUNNING), jobs.c.lease_expires_at < db_now())
             .order_by(jobs.c.lease_expires_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -226,9 +222,15 @@ class Leases(StoreBase):
         if self.dialect.single_writer and not self.exists(expired.limit(1)):
             return []
         with self.write() as conn:
+            # Read first, while they are still running: their leases become the attempts
+            # recorded as lost. Locked (SKIP LOCKED; SQLite holds the write lock), they stay
+            # so until the UPDATE, whose guard repeats the check all the same.
+            holders = {r.id: attempt_log.of_row(r) for r in conn.execute(expired)}
+            if not holders:
+                return []
             rows = conn.execute(
                 update(jobs)
-                .where(jobs.c.id.in_(_picked(expired)), jobs.c.state == RUNNING,
+                .where(jobs.c.id.in_(list(holders)), in_state(RUNNING),
                        jobs.c.lease_expires_at < db_now())
                 .values(
                     state=case((spent, FAILED), else_=PENDING),
@@ -240,15 +242,9 @@ class Leases(StoreBase):
                 )
                 .returning(*jobs.c)
             ).all()
-            if rows:
-                # Same transaction as the rescue, so no new attempt of these jobs can exist yet.
-                conn.execute(
-                    update(attempts)
-                    .where(attempts.c.job_id.in_([r.id for r in rows]), attempts.c.outcome == _OPEN)
-                    .values(outcome=AttemptOutcome.LOST.value, finished_at=db_now(),
-                            error="lease expired")
-                )
-                self.dialect.wake(conn, (r.queue for r in rows if r.state == PENDING))
+            attempt_log.record(conn, self.dialect, [holders[r.id] for r in rows],
+                               AttemptOutcome.LOST, "lease expired")
+            self.dialect.wake(conn, (r.queue for r in rows if r.state == PENDING))
         return [job_of(r) for r in rows]
 
 
@@ -264,21 +260,7 @@ def _picked(candidates: Select[Any]) -> Select[Any]:
     return select(picked.c.id)
 
 
-def _attempts_of(claimed: Any) -> Any:
-    """The attempt rows of the jobs claimed in ``claimed`` (rows of jobq_jobs, just claimed)."""
-    return insert(attempts).from_select(
-        ["job_id", "attempt", "worker_id", "lease_token", "started_at", "outcome"],
-        select(claimed.c.id, claimed.c.attempts, claimed.c.worker_id, claimed.c.lease_token,
-               claimed.c.started_at, literal(_OPEN)),
-    )
-
-
-def _close_attempt(
-    conn: Connection, token: str, outcome: AttemptOutcome, error: str | None = None,
-    tb: str | None = None,
-) -> None:
-    conn.execute(
-        update(attempts)
-        .where(attempts.c.lease_token == token, attempts.c.outcome == _OPEN)
-        .values(outcome=outcome.value, finished_at=db_now(), error=error, traceback=tb)
-    )
+def _of_lease(lease: Lease, started_at: Any) -> dict[str, Any]:
+    """The attempt a lease held, as ``attempt_log.record`` takes it."""
+    return {"job_id": lease.job_id, "attempt": lease.attempt, "worker_id": lease.worker_id,
+            "lease_token": lease.token, "started_at": started_at}

@@ -5,10 +5,11 @@ from __future__ import annotations
 from sqlalchemy import select, update
 
 from jobq.errors import InvalidTransition, JobNotFound
+from jobq.store import attempt_log
 from jobq.store.base import StoreBase, translate
 from jobq.store.exprs import NO_LEASE, db_now
 from jobq.store.rows import job_of
-from jobq.store.tables import attempts, jobs
+from jobq.store.tables import jobs
 from jobq.types import AttemptOutcome, Job, JobState
 
 PENDING, RUNNING = JobState.PENDING.value, JobState.RUNNING.value
@@ -21,6 +22,11 @@ class Operator(StoreBase):
         """pending | running → cancelled. Cancelling a cancelled job is a no-op. A running
         job's holder finds its lease gone at its next heartbeat and stops the handler."""
         with self.write() as conn:
+            # Locked first, so that a running job's lease, read here, is the one cancelled:
+            # it becomes the attempt recorded as cancelled.
+            before = conn.execute(
+                select(jobs).where(jobs.c.id == job_id).with_for_update()
+            ).first()
             row = conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.state.in_([PENDING, RUNNING]))
@@ -28,14 +34,11 @@ class Operator(StoreBase):
                 .returning(*jobs.c)
             ).first()
             if row is not None:
-                conn.execute(
-                    update(attempts)
-                    .where(attempts.c.job_id == job_id,
-                           attempts.c.outcome == AttemptOutcome.RUNNING.value)
-                    .values(outcome=AttemptOutcome.CANCELLED.value, finished_at=db_now())
-                )
+                if before is not None and before.state == RUNNING:
+                    attempt_log.record(conn, self.dialect, [attempt_log.of_row(before)],
+                                       AttemptOutcome.CANCELLED)
                 return job_of(row)
-            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            row = before
         if row is None:
             raise JobNotFound(job_id)
         if row.state == CANCELLED:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
@@ -34,42 +36,50 @@ from sqlalchemy import (
     event,
     func,
     literal,
+    null,
     select,
     text,
     update,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql as pg
 
 from jobq.settings import Settings
+from jobq.store import attempt_log
 from jobq.store.base import pool_options
-from jobq.store.dialect import ClaimRunner, Connections
+from jobq.store.dialect import ClaimRunner, CompletionRunner, Connections
 from jobq.store.exprs import MIGRATION_LOCK, NO_LEASE, db_now, held, seconds_from_now
 from jobq.store.tables import jobs
-from jobq.types import JobState, Lease
+from jobq.types import AttemptOutcome, JobState, Lease
 
 log = logging.getLogger("jobq.store")
 
-PENDING, DONE = JobState.PENDING.value, JobState.DONE.value
+PENDING, RUNNING, DONE = JobState.PENDING.value, JobState.RUNNING.value, JobState.DONE.value
 
 #: Channel on which idle workers are woken; the payload is the queue's name.
 NOTIFY_CHANNEL = "jobq_jobs"
 
-#: running → done for a batch: the batch arrives as three arrays, so the text of the
-#: statement is the same for every batch. RETURNING gives the tokens whose guard held.
+#: running → done for a batch: the batch arrives as arrays, so the text of the statement is
+#: the same for every batch; the fourth holds 'running' per row (``exprs.held``'s
+#: ``running``), the fifth each lease's worker. RETURNING gives the rows whose guard held,
+#: with what their attempts are recorded with.
 _FINISHED = (
     func.unnest(
         bindparam("c_ids", type_=pg.ARRAY(BigInteger)),
         bindparam("c_tokens", type_=pg.ARRAY(String)),
         cast(bindparam("c_results", type_=pg.ARRAY(Text)), pg.ARRAY(pg.JSONB)),
+        bindparam("c_running", type_=pg.ARRAY(String)),
+        bindparam("c_workers", type_=pg.ARRAY(String)),
     )
-    .table_valued("id", "token", "result")
+    .table_valued("id", "token", "result", "running", "worker")
     .render_derived(name="finished")
 )
 _MARK_DONE = (
     update(jobs)
-    .where(held(_FINISHED.c.token, _FINISHED.c.id))
+    .where(held(_FINISHED.c.token, _FINISHED.c.id, running=_FINISHED.c.running))
     .values(state=DONE, result=_FINISHED.c.result, finished_at=db_now(), **NO_LEASE)
-    .returning(_FINISHED.c.token)
+    .returning(jobs.c.id, jobs.c.attempts, _FINISHED.c.worker, _FINISHED.c.token,
+               jobs.c.started_at, jobs.c.finished_at)
 )
 
 
@@ -81,14 +91,14 @@ class Postgres:
         engine = create_engine(
             settings.sqlalchemy_url,
             **pool_options(settings),
-            # A restarted server leaves dead connections in the pool; test each on checkout.
-            pool_pre_ping=True,
             pool_recycle=1800,
             connect_args={
                 "connect_timeout": max(1, int(settings.db_timeout_seconds)),
                 "application_name": "jobq",
             },
         )
+
+        _ping_when_idle(engine)
 
         @event.listens_for(engine, "connect")
         def _utc_session(dbapi_conn: Any, _record: Any) -> None:
@@ -161,28 +171,39 @@ class Postgres:
 
         return {"given": json.dumps(rows, default=run_at)}
 
-    def claim_runner(
-        self, probe: Select[Any], claim: Any, attempts_of: Callable[[Any], Any]
-    ) -> ClaimRunner:
-        # The attempts in the same statement, from the claim's RETURNING rows (a
-        # data-modifying CTE runs whether or not the outer SELECT reads it). One statement
-        # that is its own transaction: one round trip instead of four (BEGIN, claim,
-        # attempts, COMMIT), which is most of what an idle worker's pickup waits for.
-        claimed = claim.cte("claimed")
-        stmt = select(claimed).add_cte(attempts_of(claimed).cte("recorded"))
-
+    def claim_runner(self, probe: Select[Any], claim: Any) -> ClaimRunner:
+        # One statement that is its own transaction: one round trip instead of three (BEGIN,
+        # claim, COMMIT), which is most of what an idle worker's pickup waits for.
         def run(db: Connections, params: dict[str, Any]) -> Sequence[Row[Any]]:
             with db.autocommit() as conn:
-                return conn.execute(stmt, params).all()
+                return conn.execute(claim, params).all()
 
         return run
 
-    def mark_done(self, conn: Connection, finished: Sequence[tuple[Lease, Any]]) -> set[str]:
-        return set(conn.execute(_MARK_DONE, {
-            "c_ids": [lease.job_id for lease, _ in finished],
-            "c_tokens": [lease.token for lease, _ in finished],
-            "c_results": [json.dumps(result) for _, result in finished],
-        }).scalars())
+    def completion_runner(self) -> CompletionRunner:
+        # One statement in autocommit: the jobs' UPDATE, and the attempts recorded from its
+        # RETURNING rows by a data-modifying CTE. One round trip, whatever the batch size.
+        done = _MARK_DONE.cte("done")
+        ended = select(done.c.id, done.c.attempts, done.c.worker, done.c.token,
+                       done.c.started_at, literal(AttemptOutcome.DONE.value),
+                       null(), null(), done.c.finished_at)
+        stmt = select(done.c.token).add_cte(attempt_log.recorded(self, ended).cte("recorded"))
+
+        def run(db: Connections, finished: Sequence[tuple[Lease, Any]]) -> set[str]:
+            with db.autocommit() as conn:
+                return set(conn.execute(stmt, {
+                    "c_ids": [lease.job_id for lease, _ in finished],
+                    "c_tokens": [lease.token for lease, _ in finished],
+                    "c_results": [json.dumps(result) for _, result in finished],
+                    "c_running": [RUNNING] * len(finished),
+                    "c_workers": [lease.worker_id for lease, _ in finished],
+                }).scalars())
+
+        return run
+
+    def one_statement(self, db: Connections) -> AbstractContextManager[Connection]:
+        # Its own transaction: no BEGIN and COMMIT round trips.
+        return db.autocommit()
 
     def wake(self, conn: Connection, queues: Iterable[str]) -> None:
         # Sent by PostgreSQL at commit, never for a rolled-back transaction.
@@ -210,6 +231,36 @@ class Postgres:
         return {name: conn.exec_driver_sql(f"SHOW {name}").scalar()
                 for name in ("server_version", "fsync", "synchronous_commit",
                              "shared_buffers", "wal_level", "max_connections")}
+
+
+#: A pooled connection idle for longer than this is tested before it is handed out.
+IDLE_PING_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Test a pooled connection on checkout only when it has been idle a while.
+
+    A restarted server leaves dead connections in the pool. Testing every checkout (the
+    pool's pre-ping) costs a round trip each time: half of a one-job claim or enqueue. A
+    connection given back less than a second ago was alive then; if the server died since,
+    its statement fails, SQLAlchemy sees the disconnect and throws away the whole pool, and
+    the caller's StoreUnavailable is retried (workers) or answered 503 (the API), as for any
+    outage. Raising DisconnectionError here makes the pool replace the connection.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _test_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < IDLE_PING_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except psycopg.Error as exc:
+            raise sa_exc.DisconnectionError(f"pooled connection is dead: {exc}") from exc
 
 
 def listen_dsn(engine: Engine) -> str | None:

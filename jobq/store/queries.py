@@ -10,9 +10,10 @@ from typing import Any
 from sqlalchemy import Select, func, select
 
 from jobq.errors import JobNotFound
+from jobq.store.attempt_log import running_attempt
 from jobq.store.base import StoreBase, translate
-from jobq.store.exprs import db_now, seconds_from_now
-from jobq.store.rows import decode_cursor, encode_cursor, job_of, worker_of
+from jobq.store.exprs import db_now, in_state, seconds_from_now
+from jobq.store.rows import attempt_of, decode_cursor, encode_cursor, job_of, worker_of
 from jobq.store.tables import attempts, jobs, workers
 from jobq.types import Job, JobState, Page, Stats
 
@@ -32,12 +33,13 @@ class Queries(StoreBase):
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
             if row is None:
                 raise JobNotFound(job_id)
-            attempt_rows: Sequence[Any] = ()
-            if with_attempts:
-                attempt_rows = conn.execute(
-                    select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.id)
-                ).all()
-            return job_of(row, attempt_rows)
+            if not with_attempts:
+                return job_of(row)
+            log = [attempt_of(a) for a in conn.execute(
+                select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.id)
+            )]
+            running = running_attempt(row)  # recorded only when it ends (attempt_log)
+            return job_of(row, log if running is None else [*log, running])
 
     @translate
     def list_jobs(
@@ -79,7 +81,7 @@ class Queries(StoreBase):
                 .group_by(jobs.c.queue, jobs.c.state)
             ).all()
             oldest = conn.execute(_in(select(func.min(jobs.c.run_at)), queues).where(
-                jobs.c.state == PENDING, jobs.c.run_at <= db_now()
+                in_state(PENDING), jobs.c.run_at <= db_now()
             )).scalar()
             now = conn.execute(select(db_now())).scalar_one()
             finished = conn.execute(_in(select(func.count()), queues).where(

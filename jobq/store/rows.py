@@ -12,7 +12,7 @@ from jobq.keys import ApiKey
 from jobq.types import Attempt, AttemptOutcome, Job, JobState, NewJob, WorkerInfo
 
 
-def job_of(row: Any, attempt_rows: Sequence[Any] = ()) -> Job:
+def job_of(row: Any, attempt_log: Sequence[Attempt] = ()) -> Job:
     m = row._mapping
     return Job(
         id=m["id"],
@@ -33,7 +33,7 @@ def job_of(row: Any, attempt_rows: Sequence[Any] = ()) -> Job:
         created_at=m["created_at"],
         started_at=m["started_at"],
         finished_at=m["finished_at"],
-        attempt_log=tuple(attempt_of(a) for a in attempt_rows),
+        attempt_log=tuple(attempt_log),
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import (
@@ -31,11 +32,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite
 
 from jobq.settings import Settings
-from jobq.store.dialect import ClaimRunner, Connections
+from jobq.store.dialect import ClaimRunner, CompletionRunner, Connections
+from jobq.store import attempt_log
 from jobq.store.base import READ_ONLY, pool_options
-from jobq.store.exprs import NO_LEASE, db_now, held, seconds_from_now
+from jobq.store.exprs import NO_LEASE, db_now, held, in_state, seconds_from_now
 from jobq.store.tables import jobs
-from jobq.types import JobState, Lease
+from jobq.types import AttemptOutcome, JobState, Lease
 
 PENDING, RUNNING, DONE = JobState.PENDING.value, JobState.RUNNING.value, JobState.DONE.value
 
@@ -133,41 +135,26 @@ class Sqlite:
     def enqueue_params(self, rows: list[dict[str, Any]], engine: Engine) -> Any:
         return rows
 
-    def claim_runner(
-        self, probe: Select[Any], claim: Any, attempts_of: Callable[[Any], Any]
-    ) -> ClaimRunner:
-        # The attempt rows are copied from the claimed rows inside the database, with no
-        # per-row parameters to bind.
-        record = attempts_of(
-            select(jobs).where(jobs.c.id.in_(bindparam("c_ids", expanding=True))).subquery()
-        )
-
+    def claim_runner(self, probe: Select[Any], claim: Any) -> ClaimRunner:
         def run(db: Connections, params: dict[str, Any]) -> Sequence[Row[Any]]:
             if not db.exists(probe, params):  # nothing due: no write lock taken
                 return []
             with db.write() as conn:
-                rows = conn.execute(claim, params).all()
-                if rows:
-                    conn.execute(record, {"c_ids": [r.id for r in rows]})
-            return rows
+                return conn.execute(claim, params).all()
 
         return run
 
-    def mark_done(self, conn: Connection, finished: Sequence[tuple[Lease, Any]]) -> set[str]:
-        held_now = dict(conn.execute(
-            select(jobs.c.id, jobs.c.lease_token).where(
-                jobs.c.id.in_([lease.job_id for lease, _ in finished]),
-                jobs.c.state == RUNNING,
-            )
-        ).all())
-        valid = [(lease, result) for lease, result in finished
-                 if held_now.get(lease.job_id) == lease.token]
-        if valid:
-            conn.execute(_DONE_ONE, [
-                {"b_id": lease.job_id, "b_token": lease.token, "b_result": result}
-                for lease, result in valid
-            ])
-        return {lease.token for lease, _ in valid}
+    def completion_runner(self) -> CompletionRunner:
+        def run(db: Connections, finished: Sequence[tuple[Lease, Any]]) -> set[str]:
+            with db.write() as conn:
+                return _mark_done(self, conn, finished)
+
+        return run
+
+    def one_statement(self, db: Connections) -> AbstractContextManager[Connection]:
+        # A write transaction all the same: there are no round trips to save, and BEGIN
+        # IMMEDIATE takes the write lock up front.
+        return db.write()
 
     def wake(self, conn: Connection, queues: Iterable[str]) -> None:
         pass  # no notifications in SQLite: its workers poll
@@ -196,3 +183,32 @@ class Sqlite:
             "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(sync, sync),
             "busy_timeout_ms": conn.exec_driver_sql("PRAGMA busy_timeout").scalar(),
         }
+
+
+def _mark_done(
+    dialect: Sqlite, conn: Connection, finished: Sequence[tuple[Lease, Any]]
+) -> set[str]:
+    """running → done for each (lease, result) whose claim still holds, and its attempt
+    recorded, in the caller's write transaction: the tokens are checked with one SELECT, then
+    one UPDATE and one INSERT per job (executemany: re-running a small statement costs SQLite
+    nothing)."""
+    held_now = {r.id: r for r in conn.execute(
+        select(jobs.c.id, jobs.c.lease_token, jobs.c.started_at).where(
+            jobs.c.id.in_([lease.job_id for lease, _ in finished]),
+            in_state(RUNNING),
+        )
+    )}
+    valid = [(lease, result) for lease, result in finished
+             if lease.job_id in held_now and held_now[lease.job_id].lease_token == lease.token]
+    if valid:
+        conn.execute(_DONE_ONE, [
+            {"b_id": lease.job_id, "b_token": lease.token, "b_result": result}
+            for lease, result in valid
+        ])
+        attempt_log.record(conn, dialect, [
+            {"job_id": lease.job_id, "attempt": lease.attempt, "worker_id": lease.worker_id,
+             "lease_token": lease.token, "started_at": held_now[lease.job_id].started_at}
+            for lease, _ in valid
+        ], AttemptOutcome.DONE)
+    return {lease.token for lease, _ in valid}
+

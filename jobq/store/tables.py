@@ -200,9 +200,8 @@ attempts = Table(
     Column("traceback", Text, nullable=True),
     CheckConstraint(f"outcome IN ({_outcomes})", name="outcome"),
     sqlite_autoincrement=True,
-    # Room on each page for the update that closes the attempt (a HOT update: no index
-    # writes); migration 0003.
-    postgresql_with={"fillfactor": 70},
+    # Written once, when the attempt ends, and never updated (``store/attempt_log.py``;
+    # migration 0004): the outcome's default is what rows of earlier versions held.
 )
 
 workers = Table(

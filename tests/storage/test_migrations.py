@@ -113,7 +113,7 @@ def _describe(engine: Engine) -> dict[str, Any]:
 
 
 def test_head_is_a_single_known_revision() -> None:
-    assert head_revision() == "0003"
+    assert head_revision() == "0004"
 
 
 def test_migrate_twice_is_a_noop(fresh_url: Callable[[], str]) -> None:

@@ -766,20 +766,26 @@ class JobLifecycle(RuleBasedStateMachine):
             assert job.state.value == expected.state, (job_id, job.state, expected)
             assert job.attempts == expected.attempts
             assert 0 <= job.attempts <= job.max_attempts == expected.max_attempts  # invariant 4
-            running = [a for a in log if a.outcome == AttemptOutcome.RUNNING.value]
+            # Attempts are recorded when they end: no row is ever open.
+            assert [a for a in log if a.outcome == AttemptOutcome.RUNNING.value] == []
             lease = (job.worker_id, job.lease_token, job.lease_expires_at)
             if job.state is JobState.RUNNING:
-                # Invariant 2: exactly one live attempt, the one the job's lease names.
+                # Invariant 2: exactly one live attempt, the one the job's lease names; it is
+                # not recorded yet, and reading the job shows it last.
                 assert None not in lease
-                assert len(running) == 1 and running[0].attempt == job.attempts
-                assert running[0].lease_token == job.lease_token
+                assert job.lease_token not in {a.lease_token for a in log}
                 worker, held = self.held[job_id]
                 assert (job.worker_id, job.lease_token) == (worker, held.token)
+                live = self.store.get(job_id).attempt_log[-1]
+                assert (live.id, live.outcome, live.attempt, live.worker_id) == (
+                    None, AttemptOutcome.RUNNING, job.attempts, worker)
             else:
                 assert lease == (None, None, None)
-                assert running == [] and job_id not in self.held
-            assert [a.outcome for a in log] == expected.outcomes
-            assert [a.attempt for a in log] == expected.numbers
+                assert job_id not in self.held
+            ended = expected.outcomes[:-1] if expected.state == "running" else expected.outcomes
+            assert [a.outcome for a in log] == ended
+            live = 1 if expected.state == "running" else 0
+            assert [a.attempt for a in log] == expected.numbers[:len(expected.numbers) - live]
             for a in log:
                 assert (a.finished_at is None) == (a.outcome == AttemptOutcome.RUNNING.value)
             assert (job.finished_at is not None) == job.state.is_final

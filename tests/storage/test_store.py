@@ -497,7 +497,7 @@ def test_claim_only_from_the_requested_queues(store: SqlStore) -> None:
     assert all(store.get(j.id).state is JobState.PENDING for j in b)
 
 
-def test_claim_sets_the_lease_and_opens_an_attempt(store: SqlStore) -> None:
+def test_claim_sets_the_lease_and_the_job_shows_its_running_attempt(store: SqlStore) -> None:
     job = enqueue(store, max_attempts=4)
     before = store.ping()
     (c,) = store.claim("worker-7", ["default"], 5, 42)
@@ -510,14 +510,15 @@ def test_claim_sets_the_lease_and_opens_an_attempt(store: SqlStore) -> None:
     assert c.job.lease_token and len(c.job.lease_token) >= 16
     assert before <= c.job.started_at <= after
     assert before + timedelta(seconds=42) <= c.job.lease_expires_at <= after + timedelta(seconds=42)
-    assert c.lease == Lease(job_id=job.id, token=c.job.lease_token, attempt=1, max_attempts=4)
+    assert c.lease == Lease(job_id=job.id, token=c.job.lease_token, attempt=1, max_attempts=4,
+                           worker_id="worker-7")
 
     stored = store.get(job.id)
     assert stored.state is JobState.RUNNING
     assert (stored.worker_id, stored.lease_token) == ("worker-7", c.lease.token)
     assert stored.lease_expires_at == c.job.lease_expires_at
-    (att,) = stored.attempt_log
-    assert att.job_id == job.id
+    (att,) = stored.attempt_log  # the lease itself: recorded only when it ends
+    assert att.id is None and att.job_id == job.id
     assert att.attempt == 1
     assert att.worker_id == "worker-7"
     assert att.outcome is AttemptOutcome.RUNNING
@@ -633,7 +634,8 @@ def test_stale_or_wrong_token_changes_nothing(store: SqlStore) -> None:
 def test_another_jobs_token_does_not_move_this_job(store: SqlStore) -> None:
     enqueue_many(store, 2)
     a, b = store.claim("w1", ["default"], 2, 30)
-    crossed = Lease(job_id=a.job.id, token=b.lease.token, attempt=1, max_attempts=3)
+    crossed = Lease(job_id=a.job.id, token=b.lease.token, attempt=1, max_attempts=3,
+                    worker_id="w1")
     assert store.complete(crossed, "x") is False
     assert store.get(a.job.id).state is JobState.RUNNING
     assert store.get(b.job.id).state is JobState.RUNNING
