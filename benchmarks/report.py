@@ -70,7 +70,7 @@ def print_report(doc: dict[str, Any]) -> None:
         print(f"\n== {kind}")
         if kind == "postgresql":
             c = [x.get("jobs_per_s") for x in doc.get("ceiling", [])]
-            print(f"  ceiling (pgbench, claim 100 + complete, 2 clients): jobs/s per round: "
+            print("  ceiling (pgbench, claim 100 + complete, 2 clients): jobs/s per round: "
                   + ", ".join(_fmt(v) for v in c))
         for name, runs in systems.items():
             for setting, (lbl, _) in doc["settings"][name].items():
@@ -94,7 +94,7 @@ def print_report(doc: dict[str, Any]) -> None:
                          and c.get("jobs_per_s")]
                     if f:
                         print(f"    {name} {phase}: " + ", ".join(f"{x} %" for x in f))
-        print(f"\n  ratios jobq/peer (same round; median [min–max]):")
+        print("\n  ratios jobq/peer (same round; median [min–max]):")
         for r in ratios(doc, kind):
             better = "higher" if r["higher_is_better"] else "lower"
             print(f"    {r['figure']:<{width}} vs {r['peer']:<14} {r['median']:.2f} "

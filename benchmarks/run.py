@@ -43,6 +43,9 @@ def options() -> argparse.Namespace:
     ap.add_argument("--pickup-gap-ms", type=float, default=20.0)
     ap.add_argument("--db", choices=["postgresql", "sqlite"], action="append",
                     help="only these databases (repeatable; default both)")
+    ap.add_argument("--only", action="append", metavar="SYSTEM",
+                    help="only these systems (repeatable, e.g. --only jobq --only pgqueuer; "
+                    "default all); the ceiling always runs")
     ap.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test",
                     help="admin database on 127.0.0.1 (throw-away databases are created there)")
     ap.add_argument("--ceiling-seconds", type=int, default=5)
@@ -52,6 +55,12 @@ def options() -> argparse.Namespace:
     if "127.0.0.1" not in o.pg_url and "localhost" not in o.pg_url:
         ap.error("--pg-url must point at 127.0.0.1")
     o.db = o.db or ["postgresql", "sqlite"]
+    if o.only:
+        known = {c.name for systems in SYSTEMS.values() for c in systems}
+        if set(o.only) - known:
+            ap.error(f"--only takes {', '.join(sorted(known))}")
+        for kind in SYSTEMS:
+            SYSTEMS[kind] = [c for c in SYSTEMS[kind] if c.name in o.only]
     return o
 
 

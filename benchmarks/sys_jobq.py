@@ -7,17 +7,19 @@ import time
 
 import jobq
 from jobq.bench.figures import finished_times, newest_id, queue_empty
+from jobq.settings import Settings
 
 from system import System, paced, worker_env
 
 NOOP, NOOP_SYNC = "cmp_noop", "cmp_noop_sync"
+DEFAULT_CONCURRENCY = Settings.model_fields["concurrency"].default
 
 
 class Jobq(System):
     name = "jobq"
     dist = "jobq"
     settings = {
-        "default": ("2 × `jobq worker` (default concurrency, 10)", []),
+        "default": (f"2 × `jobq worker` (default concurrency, {DEFAULT_CONCURRENCY})", []),
         "tuned": ("2 × `jobq worker --concurrency 64`", ["--concurrency", "64"]),
         "sync": ("2 × `jobq worker` (default concurrency), def handlers", []),
     }

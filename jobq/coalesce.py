@@ -4,9 +4,14 @@ Each enqueue on its own pays a whole transaction, and with fsync on the commit i
 Here the callers of one process hand their jobs (one, or a batch) to one flusher thread and
 wait; the flusher writes everything handed to it with one ``enqueue_many`` and settles each
 caller's future once its jobs are committed. There is no timer: a group is whatever piled up
-while the previous commit ran, so a lone caller is written at once, and groups grow with the
-load. One writer thread also means that an API process's many requests do not fight over the
-GIL and the connection pool while they write.
+while the previous commit ran, so groups grow with the load. One writer thread also means that
+an API process's many requests do not fight over the GIL and the connection pool while they
+write.
+
+A caller from a plain thread (``enqueue``, ``enqueue_many``) that finds nothing being written
+and nothing waiting writes its own jobs, in its own thread: a lone enqueue then costs one
+round trip and no thread hop. Whoever writes, the others queue behind it and go as one group.
+Event loops (``submit``) always hand over: they must never block on the database.
 """
 
 from __future__ import annotations
@@ -89,11 +94,39 @@ class GroupCommit:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._closed = False
+        self._writing = False  # a group (the flusher's, or a caller's own) is being written
 
     def enqueue(self, new: NewJob) -> EnqueueResult:
         """Write ``new``; returns once it is committed. Raises what ``enqueue`` would."""
-        result: EnqueueResult = self.submit(new).result()
+        result: EnqueueResult = self._wait(_Waiter([new], single=True))
         return result
+
+    def enqueue_many(self, news: Sequence[NewJob]) -> list[EnqueueResult]:
+        """``enqueue`` for a batch, all or nothing; its results in input order."""
+        if not news:
+            return []
+        results: list[EnqueueResult] = self._wait(_Waiter(list(news), single=False))
+        return results
+
+    def _wait(self, waiter: _Waiter) -> Any:
+        """From a thread that may block: write ``waiter`` here when nobody else is writing,
+        else queue it for the flusher; either way, return its result once committed."""
+        if self._pid != os.getpid():
+            self._forked()
+        with self._cond:
+            inline = not (self._closed or self._writing or self._waiting)
+            if inline:
+                self._writing = True
+        if not inline:
+            return self._submit(waiter).result()
+        try:
+            waiter.take()
+            self._flush([waiter])
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify()  # for those that queued behind this write, or close()
+        return waiter.future.result()
 
     def submit(self, new: NewJob) -> Future[EnqueueResult]:
         """Hand ``new`` to the flusher; the future settles once it is committed (or failed).
@@ -145,14 +178,16 @@ class GroupCommit:
         self._waiting = deque()
         self._thread = None
         self._pid = os.getpid()
+        self._writing = False
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._waiting and not self._closed:
+                while self._writing or (not self._waiting and not self._closed):
                     self._cond.wait()
                 if not self._waiting:
                     return  # closed, and nothing is left to write
+                self._writing = True
                 group, size = [], 0
                 while self._waiting and (
                     not group or size + len(self._waiting[0].news) <= self.max_batch
@@ -161,15 +196,17 @@ class GroupCommit:
                     if waiter.take():
                         group.append(waiter)
                         size += len(waiter.news)
-            if not group:
-                continue  # every one of them was cancelled
             try:
-                self._flush(group)
+                if group:  # else every one of them was cancelled
+                    self._flush(group)
             except BaseException as exc:  # noqa: BLE001 - the flusher must never die
                 log.exception("group commit failed")
                 for waiter in group:
                     if not waiter.settled:
                         waiter.fail(exc)
+            finally:
+                with self._cond:
+                    self._writing = False
 
     def _flush(self, group: list[_Waiter]) -> None:
         alone: list[_Waiter] = []  # written one by one once the others are

@@ -117,7 +117,7 @@ class JobService:
         """
         news = self._new_jobs(specs, allowed_queues)
         try:
-            return self._group.submit_many(news).result()
+            return self._group.enqueue_many(news)
         except IdempotencyConflict as exc:
             self._hide_conflict(exc, allowed_queues)
             raise

@@ -67,7 +67,10 @@ class Settings(BaseSettings):
     )
     backoff_base_seconds: float = Field(1.0, ge=0, le=86400, description="Backoff of attempt 1.")
     backoff_cap_seconds: float = Field(300.0, ge=0, le=30 * 86400, description="Backoff ceiling.")
-    concurrency: int = Field(10, ge=1, le=1000, description="Jobs run at once per process.")
+    concurrency: int = Field(
+        100, ge=1, le=1000, description="Jobs run at once per process (claims never take "
+        "more than the free slots)."
+    )
     processes: int = Field(1, ge=1, le=64, description="Worker processes per `jobq worker`.")
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, le=3600, description="Time running jobs get to finish on SIGTERM."

@@ -105,7 +105,7 @@ class Job:
     max_attempts: int
     run_at: datetime
     idempotency_key: str | None
-    worker_id: str | None
+    worker_id: str | None  # the lease holder while running; once done, who ran it
     lease_token: str | None
     lease_expires_at: datetime | None
     result: Any

@@ -233,7 +233,7 @@ class JobOut(_Out):
     max_attempts: int
     run_at: datetime = Field(description="Earliest time the job may (next) run.")
     idempotency_key: str | None
-    worker_id: str | None = Field(description="Worker holding the job while it runs.")
+    worker_id: str | None = Field(description="The worker holding the job while it runs; once done, the worker that ran it.")
     lease_expires_at: datetime | None
     result: Any = Field(description="What the task returned, once done.")
     last_error: str | None

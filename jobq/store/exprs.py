@@ -35,6 +35,10 @@ def in_state(state: str) -> ColumnElement[bool]:
 #: Clearing the lease is part of every move out of ``running``.
 NO_LEASE = {"worker_id": None, "lease_token": None, "lease_expires_at": None}
 
+#: ... except to ``done``, which keeps who ran it: a done job's row is the record of its
+#: successful attempt (``attempt_log``), so ``worker_id`` stays.
+DONE_LEASE = {"lease_token": None, "lease_expires_at": None}
+
 
 def held(token: Any, job_id: Any = None, running: Any = None) -> ColumnElement[bool]:
     """THE fencing guard: the job is running under the claim whose token is ``token``.

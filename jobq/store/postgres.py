@@ -36,7 +36,6 @@ from sqlalchemy import (
     event,
     func,
     literal,
-    null,
     select,
     text,
     update,
@@ -45,12 +44,11 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql as pg
 
 from jobq.settings import Settings
-from jobq.store import attempt_log
 from jobq.store.base import pool_options
 from jobq.store.dialect import ClaimRunner, CompletionRunner, Connections
-from jobq.store.exprs import MIGRATION_LOCK, NO_LEASE, db_now, held, seconds_from_now
+from jobq.store.exprs import DONE_LEASE, MIGRATION_LOCK, db_now, held, seconds_from_now
 from jobq.store.tables import jobs
-from jobq.types import AttemptOutcome, JobState, Lease
+from jobq.types import JobState, Lease
 
 log = logging.getLogger("jobq.store")
 
@@ -61,25 +59,23 @@ NOTIFY_CHANNEL = "jobq_jobs"
 
 #: running → done for a batch: the batch arrives as arrays, so the text of the statement is
 #: the same for every batch; the fourth holds 'running' per row (``exprs.held``'s
-#: ``running``), the fifth each lease's worker. RETURNING gives the rows whose guard held,
-#: with what their attempts are recorded with.
+#: ``running``). RETURNING gives the tokens whose guard held. The successful attempt is the
+#: done row itself (``attempt_log``): nothing else is written.
 _FINISHED = (
     func.unnest(
         bindparam("c_ids", type_=pg.ARRAY(BigInteger)),
         bindparam("c_tokens", type_=pg.ARRAY(String)),
         cast(bindparam("c_results", type_=pg.ARRAY(Text)), pg.ARRAY(pg.JSONB)),
         bindparam("c_running", type_=pg.ARRAY(String)),
-        bindparam("c_workers", type_=pg.ARRAY(String)),
     )
-    .table_valued("id", "token", "result", "running", "worker")
+    .table_valued("id", "token", "result", "running")
     .render_derived(name="finished")
 )
 _MARK_DONE = (
     update(jobs)
     .where(held(_FINISHED.c.token, _FINISHED.c.id, running=_FINISHED.c.running))
-    .values(state=DONE, result=_FINISHED.c.result, finished_at=db_now(), **NO_LEASE)
-    .returning(jobs.c.id, jobs.c.attempts, _FINISHED.c.worker, _FINISHED.c.token,
-               jobs.c.started_at, jobs.c.finished_at)
+    .values(state=DONE, result=_FINISHED.c.result, finished_at=db_now(), **DONE_LEASE)
+    .returning(_FINISHED.c.token)
 )
 
 
@@ -181,22 +177,14 @@ class Postgres:
         return run
 
     def completion_runner(self) -> CompletionRunner:
-        # One statement in autocommit: the jobs' UPDATE, and the attempts recorded from its
-        # RETURNING rows by a data-modifying CTE. One round trip, whatever the batch size.
-        done = _MARK_DONE.cte("done")
-        ended = select(done.c.id, done.c.attempts, done.c.worker, done.c.token,
-                       done.c.started_at, literal(AttemptOutcome.DONE.value),
-                       null(), null(), done.c.finished_at)
-        stmt = select(done.c.token).add_cte(attempt_log.recorded(self, ended).cte("recorded"))
-
+        # One UPDATE in autocommit: one round trip, whatever the batch size.
         def run(db: Connections, finished: Sequence[tuple[Lease, Any]]) -> set[str]:
             with db.autocommit() as conn:
-                return set(conn.execute(stmt, {
+                return set(conn.execute(_MARK_DONE, {
                     "c_ids": [lease.job_id for lease, _ in finished],
                     "c_tokens": [lease.token for lease, _ in finished],
                     "c_results": [json.dumps(result) for _, result in finished],
                     "c_running": [RUNNING] * len(finished),
-                    "c_workers": [lease.worker_id for lease, _ in finished],
                 }).scalars())
 
         return run

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Select, func, select
 
 from jobq.errors import JobNotFound
-from jobq.store.attempt_log import running_attempt
+from jobq.store.attempt_log import with_row_attempt
 from jobq.store.base import StoreBase, translate
 from jobq.store.exprs import db_now, in_state, seconds_from_now
 from jobq.store.rows import attempt_of, decode_cursor, encode_cursor, job_of, worker_of
@@ -38,8 +38,7 @@ class Queries(StoreBase):
             log = [attempt_of(a) for a in conn.execute(
                 select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.id)
             )]
-            running = running_attempt(row)  # recorded only when it ends (attempt_log)
-            return job_of(row, log if running is None else [*log, running])
+            return job_of(row, with_row_attempt(row, log))  # see attempt_log
 
     @translate
     def list_jobs(

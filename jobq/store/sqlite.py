@@ -33,11 +33,10 @@ from sqlalchemy.dialects import sqlite
 
 from jobq.settings import Settings
 from jobq.store.dialect import ClaimRunner, CompletionRunner, Connections
-from jobq.store import attempt_log
 from jobq.store.base import READ_ONLY, pool_options
-from jobq.store.exprs import NO_LEASE, db_now, held, in_state, seconds_from_now
+from jobq.store.exprs import DONE_LEASE, db_now, held, in_state, seconds_from_now
 from jobq.store.tables import jobs
-from jobq.types import AttemptOutcome, JobState, Lease
+from jobq.types import JobState, Lease
 
 PENDING, RUNNING, DONE = JobState.PENDING.value, JobState.RUNNING.value, JobState.DONE.value
 
@@ -50,7 +49,7 @@ _DONE_ONE = (
         state=DONE,
         result=bindparam("b_result", type_=jobs.c.result.type),
         finished_at=db_now(),
-        **NO_LEASE,
+        **DONE_LEASE,
     )
 )
 
@@ -188,12 +187,12 @@ class Sqlite:
 def _mark_done(
     dialect: Sqlite, conn: Connection, finished: Sequence[tuple[Lease, Any]]
 ) -> set[str]:
-    """running → done for each (lease, result) whose claim still holds, and its attempt
-    recorded, in the caller's write transaction: the tokens are checked with one SELECT, then
-    one UPDATE and one INSERT per job (executemany: re-running a small statement costs SQLite
-    nothing)."""
+    """running → done for each (lease, result) whose claim still holds, in the caller's write
+    transaction: the tokens are checked with one SELECT, then one UPDATE per job (executemany:
+    re-running a small statement costs SQLite nothing). The done row is the record of its
+    successful attempt (``attempt_log``)."""
     held_now = {r.id: r for r in conn.execute(
-        select(jobs.c.id, jobs.c.lease_token, jobs.c.started_at).where(
+        select(jobs.c.id, jobs.c.lease_token).where(
             jobs.c.id.in_([lease.job_id for lease, _ in finished]),
             in_state(RUNNING),
         )
@@ -205,10 +204,5 @@ def _mark_done(
             {"b_id": lease.job_id, "b_token": lease.token, "b_result": result}
             for lease, result in valid
         ])
-        attempt_log.record(conn, dialect, [
-            {"job_id": lease.job_id, "attempt": lease.attempt, "worker_id": lease.worker_id,
-             "lease_token": lease.token, "started_at": held_now[lease.job_id].started_at}
-            for lease, _ in valid
-        ], AttemptOutcome.DONE)
     return {lease.token for lease, _ in valid}
 

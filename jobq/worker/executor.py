@@ -3,44 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import traceback
-from collections.abc import Callable
 from typing import Any
 
 from jobq.jsonvalue import check_json_value, storable_text
 from jobq.registry import JobContext, Task, TaskRegistry
 from jobq.types import ClaimedJob, Failure, Outcome, Success
+from jobq.worker.threads import HandlerThreads
 
-
-def _run_in_daemon_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-    """Run a sync handler in its own daemon thread.
-
-    Not a ThreadPoolExecutor: its threads are joined at interpreter exit, so one handler stuck
-    in a blocking call would keep a stopping worker alive forever. A daemon thread that is
-    still running when the worker has released its job simply dies with the process.
-    """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def settle(ok: bool, value: Any) -> None:
-        if future.done():  # cancelled meanwhile (lease lost or shutdown)
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-    def target() -> None:
-        try:
-            result = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the event loop as the outcome
-            loop.call_soon_threadsafe(settle, False, exc)
-        else:
-            loop.call_soon_threadsafe(settle, True, result)
-
-    threading.Thread(target=target, name=f"jobq-handler-{fn.__name__}", daemon=True).start()
-    return future
+#: The threads of this process's sync handlers.
+_threads = HandlerThreads()
 
 
 async def execute(task: Task, payload: Any, ctx: JobContext) -> Outcome:
@@ -54,7 +26,7 @@ async def execute(task: Task, payload: Any, ctx: JobContext) -> Outcome:
         if task.is_async:
             result = await task.fn(*args)
         else:
-            result = await _run_in_daemon_thread(task.fn, *args)
+            result = await _threads.run(task.fn, *args)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - every handler error is an outcome

@@ -564,7 +564,9 @@ def test_get_done_job_shows_result(client: httpx.Client, store: SqlStore) -> Non
     got = client.get(f"/jobs/{job['id']}").json()
     assert got["state"] == "done" and got["result"] == {"echoed": [1, 2]}
     assert [a["outcome"] for a in got["attempt_log"]] == ["done"]
-    assert got["worker_id"] is None and got["lease_expires_at"] is None
+    # Who ran it stays (the done row is the record of its successful attempt); the lease goes.
+    assert got["worker_id"] == "w" and got["lease_expires_at"] is None
+    assert got["attempt_log"][0]["worker_id"] == "w"
 
 
 def test_missing_job_is_404_problem(client: httpx.Client) -> None:

@@ -541,6 +541,7 @@ class Expected:
     attempts: int = 0
     outcomes: list[str] = field(default_factory=list)  # of each attempt, oldest first
     numbers: list[int] = field(default_factory=list)  # each attempt's number
+    done_by: str | None = None  # the worker whose attempt succeeded
 
 
 class JobLifecycle(RuleBasedStateMachine):
@@ -644,10 +645,11 @@ class JobLifecycle(RuleBasedStateMachine):
     def complete(self, lease: Lease, result: int) -> Any:
         if self.held.get(lease.job_id, (None, None))[1] != lease:
             return lease
+        worker = self.held[lease.job_id][0]
         assert self.store.complete(lease, {"r": result}) is True
         self._lose(lease.job_id)
         job = self.jobs[lease.job_id]
-        job.state, job.outcomes[-1] = "done", "done"
+        job.state, job.outcomes[-1], job.done_by = "done", "done", worker
         return lease
 
     @rule(target=lost, lease=consumes(leases))
@@ -766,10 +768,20 @@ class JobLifecycle(RuleBasedStateMachine):
             assert job.state.value == expected.state, (job_id, job.state, expected)
             assert job.attempts == expected.attempts
             assert 0 <= job.attempts <= job.max_attempts == expected.max_attempts  # invariant 4
-            # Attempts are recorded when they end: no row is ever open.
-            assert [a for a in log if a.outcome == AttemptOutcome.RUNNING.value] == []
+            # Attempts are recorded when they end, and not at all when they succeed: no row is
+            # ever open, and none is done.
+            assert [a for a in log if a.outcome in ("running", "done")] == []
             lease = (job.worker_id, job.lease_token, job.lease_expires_at)
-            if job.state is JobState.RUNNING:
+            if job.state is JobState.DONE:
+                # The row is the record of the attempt that succeeded; reading the job shows
+                # it last.
+                assert lease == (expected.done_by, None, None)
+                assert job_id not in self.held
+                last = self.store.get(job_id).attempt_log[-1]
+                assert (last.id, last.outcome, last.attempt, last.worker_id) == (
+                    None, AttemptOutcome.DONE, job.attempts, expected.done_by)
+                assert last.finished_at == job.finished_at is not None
+            elif job.state is JobState.RUNNING:
                 # Invariant 2: exactly one live attempt, the one the job's lease names; it is
                 # not recorded yet, and reading the job shows it last.
                 assert None not in lease
@@ -782,9 +794,10 @@ class JobLifecycle(RuleBasedStateMachine):
             else:
                 assert lease == (None, None, None)
                 assert job_id not in self.held
-            ended = expected.outcomes[:-1] if expected.state == "running" else expected.outcomes
+            in_row = expected.state in ("running", "done")  # its last attempt is the row's
+            ended = expected.outcomes[:-1] if in_row else expected.outcomes
             assert [a.outcome for a in log] == ended
-            live = 1 if expected.state == "running" else 0
+            live = 1 if in_row else 0
             assert [a.attempt for a in log] == expected.numbers[:len(expected.numbers) - live]
             for a in log:
                 assert (a.finished_at is None) == (a.outcome == AttemptOutcome.RUNNING.value)

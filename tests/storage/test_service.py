@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -229,7 +230,11 @@ def test_an_unavailable_database_fails_every_waiter(settings: Settings, tmp_path
 
 
 def test_close_writes_what_waits_and_stops_the_flusher(svc: JobService) -> None:
-    first = svc.enqueue("plain", 1)
+    # A lone caller in a thread writes its job itself: no flusher is needed for it.
+    alone = svc.enqueue("plain", 0)
+    assert svc._group._thread is None
+    # An event loop never writes itself: it hands over, and the flusher starts.
+    first = asyncio.run(svc.enqueue_async("plain", 1))
     flusher = svc._group._thread
     assert flusher is not None and flusher.is_alive()
     svc.close()
@@ -238,7 +243,7 @@ def test_close_writes_what_waits_and_stops_the_flusher(svc: JobService) -> None:
     # Afterwards each enqueue is its own transaction.
     later = svc.enqueue("plain", 2)
     assert svc._group._thread is flusher
-    assert {j.id for j in svc.list_jobs().items} == {first.job.id, later.job.id}
+    assert {j.id for j in svc.list_jobs().items} == {alone.job.id, first.job.id, later.job.id}
 
 
 def test_a_coalesced_batch_with_conflicts_writes_the_others_as_a_batch(store: SqlStore) -> None:

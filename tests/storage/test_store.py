@@ -32,7 +32,7 @@ from jobq.store import make_engine
 from jobq.store.exprs import seconds_from_now
 from jobq.store.postgres import NOTIFY_CHANNEL
 from jobq.store.rows import encode_cursor
-from jobq.store.tables import jobs, workers
+from jobq.store.tables import attempts, jobs, workers
 from jobq.types import (
     AttemptOutcome,
     ClaimedJob,
@@ -607,11 +607,16 @@ def test_complete(store: SqlStore) -> None:
     assert job.state is JobState.DONE
     assert job.result == {"answer": 42}
     assert before <= job.finished_at <= after
-    assert (job.worker_id, job.lease_token, job.lease_expires_at) == (None, None, None)
+    # The lease is gone; who ran it stays: the row is the record of the successful attempt,
+    # and nothing is written to the attempts table for it.
+    assert (job.worker_id, job.lease_token, job.lease_expires_at) == ("w1", None, None)
     assert job.attempts == 1
     (att,) = job.attempt_log
-    assert att.outcome is AttemptOutcome.DONE
-    assert before <= att.finished_at <= after
+    assert (att.id, att.outcome, att.attempt, att.worker_id) == (
+        None, AttemptOutcome.DONE, 1, "w1")
+    assert (att.started_at, att.finished_at) == (job.started_at, job.finished_at)
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(attempts)).scalar() == 0
     # A second completion of the same claim is refused and changes nothing.
     assert store.complete(c.lease, "again") is False
     assert store.get(c.job.id) == job
@@ -1198,6 +1203,9 @@ def _check_job(job: Job, model: dict[str, Any]) -> None:
         assert job.lease_token is not None and job.worker_id is not None
         assert job.lease_expires_at is not None
         assert len(running) == 1 and running[0].attempt == job.attempts
+    elif job.state is JobState.DONE:
+        assert job.worker_id is not None and (job.lease_token, job.lease_expires_at) == (None,) * 2
+        assert job.attempt_log[-1].worker_id == job.worker_id
     else:
         assert (job.worker_id, job.lease_token, job.lease_expires_at) == (None, None, None)
         assert running == []

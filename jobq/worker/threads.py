@@ -1,0 +1,89 @@
+"""The threads that run sync (``def``) handlers: daemon threads, reused from job to job.
+
+Not a ThreadPoolExecutor: its threads are joined at interpreter exit, so one handler stuck in
+a blocking call would keep a stopping worker alive for ever. These are daemon threads: one
+still running when the worker has released its job simply dies with the process.
+
+Reused rather than one per job, because starting a thread costs about as much as a whole
+no-op job's share of the claim and the completion. A thread is started only when none is
+idle, so there are never more than the handlers running at once (at most the worker's
+concurrency, plus any handler abandoned while stuck); one idle for ``IDLE_SECONDS`` ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+#: How long a thread with nothing to run waits for work before it ends.
+IDLE_SECONDS = 30.0
+
+_Work = tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+
+class HandlerThreads:
+    def __init__(self, idle_seconds: float = IDLE_SECONDS) -> None:
+        self.idle_seconds = idle_seconds
+        self._fresh()
+
+    def _fresh(self) -> None:
+        # (Again in a forked child: it has the parent's permits, but none of its threads.)
+        self._pid = os.getpid()
+        self._work: queue.SimpleQueue[_Work] = queue.SimpleQueue()
+        # One permit per idle thread that no work has been promised to yet.
+        self._idle = threading.Semaphore(0)
+        self._started = 0
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """``fn(*args)`` on one of the threads; the future (of the running loop) settles with
+        its result or exception, unless it was cancelled meanwhile."""
+        if self._pid != os.getpid():
+            self._fresh()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._work.put((loop, future, fn, args))
+        if not self._idle.acquire(blocking=False):  # nobody idle: one more thread
+            self._started += 1
+            threading.Thread(target=self._serve, name=f"jobq-handler-{self._started}",
+                             daemon=True).start()
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                loop, future, fn, args = self._work.get(timeout=self.idle_seconds)
+            except queue.Empty:
+                # End, unless work was promised to an idle thread meanwhile: then this
+                # thread's permit is already taken, and the work is on its way.
+                if self._idle.acquire(blocking=False):
+                    return
+                continue
+            try:
+                ok, value = True, fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the loop as the outcome
+                ok, value = False, exc
+            # Idle before the caller hears of it: the next job, handed over as soon as it
+            # does, then finds this thread rather than starting another.
+            self._idle.release()
+            _hand_back(loop, future, ok, value)
+
+
+def _hand_back(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], ok: bool,
+               value: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(_settle, future, ok, value)
+    except RuntimeError:
+        pass  # the loop has closed: the worker is gone, and with it whoever waited
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():  # cancelled meanwhile (lease lost or shutdown)
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
