@@ -20,7 +20,7 @@ class Jobq(System):
     dist = "jobq"
     settings = {
         "default": (f"2 × `jobq worker` (default concurrency, {DEFAULT_CONCURRENCY})", []),
-        "tuned": ("2 × `jobq worker --concurrency 64`", ["--concurrency", "64"]),
+        "tuned": ("2 × `jobq worker --concurrency 200`", ["--concurrency", "200"]),
         "sync": ("2 × `jobq worker` (default concurrency), def handlers", []),
     }
 

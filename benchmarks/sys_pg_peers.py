@@ -63,7 +63,7 @@ class PgQueuer(_PgPeer):
     dist = "pgqueuer"
     settings = {
         "default": ("2 × PgQueuer.run() (default batch size, 10)", []),
-        "tuned": ("2 × PgQueuer.run(batch_size=64)", ["--batch-size", "64"]),
+        "tuned": ("2 × PgQueuer.run(batch_size=200)", ["--batch-size", "200"]),
     }
 
     def prepare(self) -> None:

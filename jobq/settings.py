@@ -54,8 +54,9 @@ class Settings(BaseSettings):
         1.0, gt=0, le=3600, description="Idle poll interval of a worker."
     )
     listen_enabled: bool = Field(
-        True, description="PostgreSQL: wake idle workers with LISTEN/NOTIFY (polling stays as "
-        "the fallback). Turn off behind a pooler in transaction mode, where LISTEN cannot work."
+        True, description="Wake idle workers as soon as jobs arrive: LISTEN/NOTIFY on "
+        "PostgreSQL, a watch of the file's commit counter on SQLite (polling stays as the "
+        "fallback). Turn off behind a pooler in transaction mode, where LISTEN cannot work."
     )
     retention_seconds: float = Field(
         7 * 86400, ge=0, description="Finished jobs (done, failed, cancelled) older than this "

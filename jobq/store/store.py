@@ -26,6 +26,7 @@ class SqlStore(Enqueue, Queries, Leases, Operator, Maintenance, ApiKeys, Tooling
         self, queues: Collection[str], wake: Callable[[], None]
     ) -> Coroutine[Any, Any, None] | None:
         """A coroutine that calls ``wake`` whenever jobs of ``queues`` may have become due
-        (PostgreSQL LISTEN on its own connection; it runs until cancelled), or None where the
-        database sends no wake-ups (SQLite: its workers poll)."""
+        (PostgreSQL LISTEN on its own connection; SQLite: a watch of the file's commit
+        counter; it runs until cancelled), or None where there is nothing to watch (an
+        in-memory SQLite database)."""
         return self.dialect.listen(self.engine, queues, wake)

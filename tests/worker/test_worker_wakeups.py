@@ -1,5 +1,5 @@
-"""Worker processes: LISTEN/NOTIFY wake-ups (PostgreSQL), polling as the fallback, and the
-retention loop. Real processes against a real database."""
+"""Worker processes: wake-ups (PostgreSQL LISTEN/NOTIFY, SQLite's watch of commits), polling
+as the fallback, and the retention loop. Real processes against a real database."""
 
 from __future__ import annotations
 
@@ -36,14 +36,14 @@ def _started_within(store: SqlStore, job_id: int, seconds: float) -> bool:
 def _pg_only(store: SqlStore) -> str:
     dsn = listen_dsn(store.engine)
     if dsn is None:
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite workers poll")
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's (SQLite workers watch the file's commits)")
     return dsn
 
 
 def test_an_idle_worker_is_woken_by_a_notification_not_a_poll(
     store: SqlStore, db_url: str, procs: Procs
 ) -> None:
-    _pg_only(store)
+    """PostgreSQL: LISTEN/NOTIFY. SQLite: the worker's watch of the file's commits."""
     procs.worker(env_for(db_url, JOBQ_POLL_INTERVAL_SECONDS=SLOW_POLL))
     wait_for(lambda: _registered(store), 30, "the worker to register")
     time.sleep(1.0)  # its first poll is behind it, and LISTEN is in place
@@ -56,7 +56,6 @@ def test_without_listen_the_same_worker_waits_for_its_poll(
     store: SqlStore, db_url: str, procs: Procs
 ) -> None:
     """The negative control of the test above: the wake-up was the notification's doing."""
-    _pg_only(store)
     procs.worker(env_for(db_url, JOBQ_POLL_INTERVAL_SECONDS=SLOW_POLL,
                          JOBQ_LISTEN_ENABLED="false"))
     wait_for(lambda: _registered(store), 30, "the worker to register")
