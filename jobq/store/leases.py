@@ -26,7 +26,7 @@ from jobq.store.base import StoreBase, translate
 from jobq.store.dialect import ClaimRunner, CompletionRunner
 from jobq.store.exprs import NO_LEASE, db_now, held, in_state, new_token, seconds_from_now
 from jobq.store.maintenance import insert_worker
-from jobq.store.rows import job_of
+from jobq.store.rows import built, job_of
 from jobq.store.tables import jobs, workers
 from jobq.types import (
     AttemptOutcome,
@@ -55,11 +55,10 @@ class Leases(StoreBase):
                   "c_lease": float(lease_seconds)}
         rows = self._claim(self, params)
         claimed = [
-            ClaimedJob(
-                job=job_of(r),
-                lease=Lease(job_id=r.id, token=r.lease_token, attempt=r.attempts,
-                            max_attempts=r.max_attempts, worker_id=worker_id),
-            )
+            built(ClaimedJob, job=job_of(r), lease=built(
+                Lease, job_id=r.id, token=r.lease_token, attempt=r.attempts,
+                max_attempts=r.max_attempts, worker_id=worker_id,
+            ))
             for r in rows
         ]
         # RETURNING has no order; hand jobs out in the order they were chosen.
