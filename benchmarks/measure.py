@@ -92,6 +92,42 @@ def enqueue_single(system: System, n: int) -> dict[str, Any]:
     return {"jobs": n, "jobs_per_s": round(n / seconds, 1)}
 
 
+def enqueue_rest(system: System, n: int, log_dir: Path, timeout: float) -> dict[str, Any]:
+    """jobq only: ``POST /jobs`` one job per request, sequential, one keep-alive connection,
+    against ``python -m jobq api`` started here (each job committed before its 201)."""
+    import httpx
+
+    from jobq.harness import free_port, wait_for
+
+    port = free_port()
+    procs = Processes(log_dir, own_sessions=True, pid_file=log_dir / "pids.txt")
+    api = procs.launch("jobq-api", *system.api(port))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=10) as http:
+            def up() -> bool:
+                _alive([api], "the API")
+                try:
+                    return http.get("/healthz").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_for(up, 60, "the API to answer")
+            body = {"task_type": "cmp_noop", "payload": {"k": 0}}
+            for _ in range(50):  # warm-up: connections, prepared statements
+                http.post("/jobs", json=body).raise_for_status()
+            began = time.perf_counter()
+            for k in range(n):
+                if time.perf_counter() - began > timeout:
+                    raise Failed(f"REST enqueue: {k} of {n} jobs in {timeout:.0f}s")
+                http.post("/jobs", json={"task_type": "cmp_noop", "payload": {"k": k}}
+                          ).raise_for_status()
+            seconds = time.perf_counter() - began
+    finally:
+        procs.stop()
+    return {"jobs": n, "jobs_per_s": round(n / seconds, 1)}
+
+
 def pickup(system: System, samples: int, gap_ms: float, log_dir: Path, timeout: float
            ) -> dict[str, Any]:
     """Idle workers (default settings); one job every ``gap_ms``; from the return of the

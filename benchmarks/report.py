@@ -16,6 +16,7 @@ FIGURES = [
     ("drain, def handlers: jobs/s", "drain_sync", "jobs_per_s", True),
     ("drain, def handlers: steady jobs/s", "drain_sync", "steady_jobs_per_s", True),
     ("enqueue, 1 per call: jobs/s", "enqueue_single", "jobs_per_s", True),
+    ("enqueue over REST, 1 per request: jobs/s", "enqueue_rest", "jobs_per_s", True),
     ("enqueue, batches of 1000: jobs/s", "drain_default", "batch_enqueue_jobs_per_s", True),
     ("pickup p50 ms", "pickup", "p50_ms", False),
     ("pickup p99 ms", "pickup", "p99_ms", False),
@@ -28,6 +29,10 @@ FIGURES = [
     ("tuned: transactions/job", "drain_tuned", "xacts_per_job", False),
     ("tuned: tuples written/job", "drain_tuned", "tuples_written_per_job", False),
 ]
+
+
+#: Where each database's ceiling is in the results, and how it was measured.
+CEILING = {"postgresql": ("ceiling", "pgbench"), "sqlite": ("ceiling_sqlite", "plain SQL")}
 
 
 def value(run: dict[str, Any], phase: str, field: str, fallback: bool) -> float | None:
@@ -68,10 +73,9 @@ def print_report(doc: dict[str, Any]) -> None:
           f"rounds; {doc['machine']}")
     for kind, systems in doc["results"].items():
         print(f"\n== {kind}")
-        if kind == "postgresql":
-            c = [x.get("jobs_per_s") for x in doc.get("ceiling", [])]
-            print("  ceiling (pgbench, claim 100 + complete, 2 clients): jobs/s per round: "
-                  + ", ".join(_fmt(v) for v in c))
+        ceilings = doc.get(CEILING[kind][0]) or []
+        print(f"  ceiling ({CEILING[kind][1]}, claim 100 + complete, 2 clients): jobs/s per "
+              "round: " + ", ".join(_fmt(x.get("jobs_per_s")) for x in ceilings))
         for name, runs in systems.items():
             for setting, (lbl, _) in doc["settings"][name].items():
                 print(f"  {name} {setting}: {lbl}")
@@ -84,12 +88,12 @@ def print_report(doc: dict[str, Any]) -> None:
                 cells.append(" / ".join(_fmt(v) for v in vals))
             if any(c.strip("–/ ") for c in cells):
                 print(f"  {label:<{width}}" + "".join(f"{c:>26}" for c in cells))
-        if kind == "postgresql" and doc.get("ceiling"):
+        if ceilings:
             print("\n  drain as a fraction of the ceiling (same round):")
             for name, runs in systems.items():
                 for phase in ("drain_default", "drain_tuned", "drain_sync"):
                     f = [round(100 * r[phase]["jobs_per_s"] / c["jobs_per_s"], 1)
-                         for r, c in zip(runs, doc["ceiling"])
+                         for r, c in zip(runs, ceilings)
                          if isinstance(r.get(phase), dict) and r[phase].get("jobs_per_s")
                          and c.get("jobs_per_s")]
                     if f:

@@ -3,7 +3,7 @@
     benchmarks/run.sh --rounds 3            # or: benchmarks/.venv/bin/python benchmarks/run.py
 
 Interleaved rounds: in each round, on PostgreSQL the pgbench ceiling, then jobq, PgQueuer and
-Procrastinate; on SQLite jobq and Huey (the order of the systems alternates from round to
+Procrastinate; on SQLite the plain-SQL ceiling, then jobq and Huey (the order of the systems alternates from round to
 round). Each system gets a throw-away database per round, dropped at the end. See README.md.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 from jobq.harness import PgDatabases, drop_sqlite, redact
 
 import measure
-from ceiling import ceiling
+from ceiling import ceiling, sqlite_ceiling
 from report import print_report
 from sys_huey import Huey
 from sys_jobq import Jobq
@@ -95,6 +95,9 @@ def run_system(cls: type, kind: str, o: argparse.Namespace, work: Path) -> dict[
                 figure(f"drain_{setting}", lambda s=setting: measure.drain(
                     system, s, o.jobs, log_dir, o.timeout, pg))
             figure("enqueue_single", lambda: measure.enqueue_single(system, o.enqueue_jobs))
+            if hasattr(system, "api"):  # jobq: it has a REST API to measure
+                figure("enqueue_rest", lambda: measure.enqueue_rest(
+                    system, o.enqueue_jobs, log_dir, o.timeout))
         finally:
             system.close()
     except Exception as exc:  # noqa: BLE001
@@ -124,6 +127,7 @@ def main() -> int:
                     "rounds": o.rounds, "pg_url": redact(o.pg_url)},
         "settings": {c.name: c.settings for kind in o.db for c in SYSTEMS[kind]},
         "ceiling": [],
+        "ceiling_sqlite": [],
         "results": {kind: {c.name: [] for c in SYSTEMS[kind]} for kind in o.db},
     }
     out = o.out or HERE / "results" / f"compare-{doc['date'][:19].replace(':', '')}.json"
@@ -135,6 +139,9 @@ def main() -> int:
             if kind == "postgresql":
                 print("  postgresql: ceiling (pgbench) …", flush=True)
                 doc["ceiling"].append(ceiling(o.pg_url, o.ceiling_seconds))
+            else:
+                print("  sqlite: ceiling (plain SQL, sqlite3) …", flush=True)
+                doc["ceiling_sqlite"].append(sqlite_ceiling(work, o.ceiling_seconds))
             order = SYSTEMS[kind] if r % 2 == 0 else SYSTEMS[kind][::-1]
             for cls in order:
                 doc["results"][kind][cls.name].append(run_system(cls, kind, o, work))

@@ -55,6 +55,12 @@ class Jobq(System):
         return [(f"jobq-worker-{i}", [sys.executable, "-m", "jobq", "worker", *extra], env)
                 for i in range(2)]
 
+    def api(self, port: int) -> tuple[list[str], dict[str, str]]:
+        """The command and environment of ``python -m jobq api`` on ``port``."""
+        env = worker_env(self.stamp_dir, JOBQ_DATABASE_URL=self.url, JOBQ_TASKS="tasks_jobq",
+                         JOBQ_LOG_LEVEL="warning")
+        return [sys.executable, "-m", "jobq", "api", "--port", str(port)], env
+
     def mark(self) -> None:
         self.first_id = newest_id(self.q.store) + 1
 
