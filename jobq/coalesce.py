@@ -125,7 +125,7 @@ class GroupCommit:
         finally:
             with self._cond:
                 self._writing = False
-                self._cond.notify()  # for those that queued behind this write, or close()
+                self._cond.notify_all()  # for those queued behind this write, or close()
         return waiter.future.result()
 
     def submit(self, new: NewJob) -> Future[EnqueueResult]:
@@ -163,11 +163,16 @@ class GroupCommit:
         return waiter.future
 
     def close(self) -> None:
-        """Write the jobs that wait, then stop the flusher. Idempotent."""
+        """Write the jobs that wait (and wait for a caller's own write in flight), then stop
+        the flusher. Idempotent."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
             thread = self._thread if self._pid == os.getpid() else None
+            if thread is None and self._pid == os.getpid():
+                # No flusher: only a caller's own write can be in flight. (A flusher, joined
+                # below, waits for that write itself before it ends.)
+                self._cond.wait_for(lambda: not self._writing)
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
@@ -207,6 +212,7 @@ class GroupCommit:
             finally:
                 with self._cond:
                     self._writing = False
+                    self._cond.notify_all()
 
     def _flush(self, group: list[_Waiter]) -> None:
         alone: list[_Waiter] = []  # written one by one once the others are

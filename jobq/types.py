@@ -79,8 +79,9 @@ class AttemptOutcome(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Attempt:
-    """One attempt of a job. An attempt is written to the attempts table when it ends; the
-    one still running is the job's own lease, shown with ``id`` None."""
+    """One attempt of a job. An attempt that ends without success is written to the attempts
+    table; the one still running (the job's lease) and the one that succeeded (the done row)
+    are the job's own row, shown with ``id`` None."""
 
     id: int | None
     job_id: int

@@ -13,7 +13,10 @@ whole table, 2.6 ms of a 3 ms completion after 10,000 jobs on a fresh database).
 Each row is keyed by the claim's token (unique): a row written for the same claim again (by
 an older jobq that still wrote open rows at the claim) is updated instead, so a rolling
 upgrade cannot fail on it. Such an older jobq also recorded successful attempts; a done job
-with its successful attempt in the table is shown with that row alone.
+with its successful attempt in the table is shown with that row alone. The other way round,
+an older jobq reading jobs that this one completed shows them without their successful
+attempt (and with ``worker_id`` set): nothing is lost, the row holds it, but during a rolling
+upgrade or after a downgrade those older readers show less.
 """
 
 from __future__ import annotations

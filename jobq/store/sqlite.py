@@ -158,7 +158,7 @@ class Sqlite:
         return db.write()
 
     def wake(self, conn: Connection, queues: Iterable[str]) -> None:
-        pass  # no notifications in SQLite: its workers poll
+        pass  # no notifications in SQLite: its workers watch the file's commits (listen)
 
     def listen(
         self, engine: Engine, queues: Collection[str], wake: Callable[[], None]

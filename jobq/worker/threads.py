@@ -45,11 +45,13 @@ class HandlerThreads:
             self._fresh()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._work.put((loop, future, fn, args))
         if not self._idle.acquire(blocking=False):  # nobody idle: one more thread
+            # Started before the work is queued: if it cannot start, the caller gets the
+            # error and the handler never runs.
             self._started += 1
             threading.Thread(target=self._serve, name=f"jobq-handler-{self._started}",
                              daemon=True).start()
+        self._work.put((loop, future, fn, args))
         return future
 
     def _serve(self) -> None:
@@ -70,6 +72,8 @@ class HandlerThreads:
             # does, then finds this thread rather than starting another.
             self._idle.release()
             _hand_back(loop, future, ok, value)
+            # An idle thread must not keep the last job's objects (or an error's frames).
+            del loop, future, fn, args, value
 
 
 def _hand_back(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], ok: bool,

@@ -388,3 +388,29 @@ def test_a_cancelled_waiter_is_not_written_and_fails_no_one_else(store: SqlStore
     group.close()
     assert groups == [["first"], ["kept"]]
     assert sorted(j.payload for j in store.list_jobs().items) == ["first", "kept"]
+
+
+def test_close_waits_for_a_callers_own_write_in_flight(store: SqlStore) -> None:
+    """A lone caller writes in its own thread; close() must not return before that write has
+    committed (JobService.close then lets go of the connections)."""
+    entered, release, committed = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_many(news: Any) -> Any:
+        entered.set()
+        release.wait(10)
+        results = store.enqueue_many(news)
+        committed.set()
+        return results
+
+    group = GroupCommit(slow_many, store.enqueue)
+    writer = threading.Thread(target=group.enqueue, args=(NewJob("echo", payload=1),))
+    writer.start()
+    assert entered.wait(10) and group._thread is None  # written inline, no flusher
+    closer = threading.Thread(target=group.close)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive() and not committed.is_set()  # close() waits for it
+    release.set()
+    closer.join(10)
+    writer.join(10)
+    assert committed.is_set() and not closer.is_alive()

@@ -410,7 +410,7 @@ def test_concurrent_batches_with_shared_keys_create_each_job_once(store: SqlStor
 
 def _listener(store: SqlStore) -> Any:
     if store.dialect.name != "postgresql":
-        pytest.skip("NOTIFY is PostgreSQL's; SQLite workers poll")
+        pytest.skip("NOTIFY is PostgreSQL's (SQLite workers watch the file's commits)")
     dsn = store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     conn = psycopg.connect(dsn, autocommit=True)
     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")

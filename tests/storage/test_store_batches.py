@@ -124,7 +124,7 @@ class Listener:
 def listener(store: SqlStore) -> Listener:
     dsn = listen_dsn(store.engine)
     if dsn is None:
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite workers poll")
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's (SQLite workers watch the file's commits)")
     lst = Listener(dsn)
     yield lst
     lst.close()

@@ -83,3 +83,46 @@ def test_idle_threads_end() -> None:
 
 async def _one(pool: HandlerThreads) -> int:
     return int(await pool.run(lambda: 2))
+
+
+def test_a_thread_that_cannot_start_leaves_no_work_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool, ran = HandlerThreads(), []
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    async def go() -> None:
+        with monkeypatch.context() as m:
+            m.setattr(threading.Thread, "start", refuse)
+            with pytest.raises(RuntimeError):
+                pool.run(ran.append, "refused")
+        assert await pool.run(ran.append, "later") is None
+
+    asyncio.run(go())
+    assert ran == ["later"]  # the refused job never ran, later or at all
+
+
+def test_an_idle_thread_keeps_nothing_of_its_last_job() -> None:
+    import gc
+    import weakref
+
+    pool = HandlerThreads()
+
+    class Payload:
+        pass
+
+    def fails(p: Payload) -> None:
+        raise ValueError(p)  # the error (and its frames) hold the payload
+
+    async def go() -> weakref.ref[Payload]:
+        p = Payload()
+        with pytest.raises(ValueError):
+            await pool.run(fails, p)
+        return weakref.ref(p)
+
+    ref = asyncio.run(go())
+    deadline = time.monotonic() + 5
+    while ref() is not None and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.02)
+    assert ref() is None
