@@ -18,31 +18,32 @@ if TYPE_CHECKING:
 DbUrl = Annotated[
     Optional[str],
     typer.Option("--database-url", help="sqlite:///path.db or postgresql://user@host:port/db "
-                 "[env JOBQ_DATABASE_URL; default sqlite:///jobq.db]"),
+                 "(env JOBQ_DATABASE_URL; default sqlite:///jobq.db)"),
 ]
 Tasks = Annotated[
     Optional[str],
     typer.Option("--tasks", help="Comma-separated modules that define task handlers "
-                 "[env JOBQ_TASKS]"),
+                 "(env JOBQ_TASKS)"),
 ]
+_DEFAULT_CONCURRENCY = Settings.model_fields["concurrency"].default
 Concurrency = Annotated[
     Optional[int],
     typer.Option("--concurrency", "-c", help="Jobs run at once per worker process "
-                 "[env JOBQ_CONCURRENCY; default 10]"),
+                 f"(env JOBQ_CONCURRENCY; default {_DEFAULT_CONCURRENCY})"),
 ]
 Queues = Annotated[
     Optional[str],
     typer.Option("--queues", "-q", help="Comma-separated queues to serve "
-                 "[env JOBQ_QUEUES; default 'default']"),
+                 "(env JOBQ_QUEUES; default 'default')"),
 ]
-Host = Annotated[Optional[str], typer.Option("--host", help="API address [env JOBQ_HOST; "
-                                             "default 127.0.0.1]")]
-Port = Annotated[Optional[int], typer.Option("--port", help="API port [env JOBQ_PORT; "
-                                             "default 8000]")]
+Host = Annotated[Optional[str], typer.Option("--host", help="API address (env JOBQ_HOST; "
+                                             "default 127.0.0.1)")]
+Port = Annotated[Optional[int], typer.Option("--port", help="API port (env JOBQ_PORT; "
+                                             "default 8000)")]
 AutoMigrate = Annotated[
     Optional[bool],
     typer.Option("--auto-migrate/--no-auto-migrate",
-                 help="Apply pending migrations at start [env JOBQ_AUTO_MIGRATE; default on]"),
+                 help="Apply pending migrations at start (env JOBQ_AUTO_MIGRATE; default on)"),
 ]
 
 

@@ -76,7 +76,7 @@ def api(
     auto_migrate: AutoMigrate = None,
     processes: Annotated[Optional[int], typer.Option(
         "--processes", "-p",
-        help="API processes sharing the port [env JOBQ_API_PROCESSES; default 1]")
+        help="API processes sharing the port (env JOBQ_API_PROCESSES; default 1)")
     ] = None,
 ) -> None:
     """Run the REST API server (uvicorn)."""
@@ -93,7 +93,7 @@ def worker(
     concurrency: Concurrency = None,
     queues: Queues = None,
     processes: Annotated[Optional[int], typer.Option(
-        "--processes", "-p", help="Worker processes to run [env JOBQ_PROCESSES; default 1]")
+        "--processes", "-p", help="Worker processes to run (env JOBQ_PROCESSES; default 1)")
     ] = None,
     auto_migrate: AutoMigrate = None,
 ) -> None:

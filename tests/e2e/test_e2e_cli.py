@@ -129,6 +129,19 @@ def _has_curl() -> bool:
                for d in os.environ.get("PATH", "").split(os.pathsep))
 
 
+def test_help_names_each_options_variable_and_default() -> None:
+    """Rich's markup swallowed "[env …]" whole: the help must show it."""
+    from jobq.settings import Settings
+
+    env = {**os.environ, "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, "-m", "jobq", "worker", "--help"], env=env,
+                         capture_output=True, text=True, timeout=60).stdout
+    default = Settings.model_fields["concurrency"].default
+    assert f"(env JOBQ_CONCURRENCY; default {default})" in out
+    assert "(env JOBQ_DATABASE_URL; default sqlite:///jobq.db)" in out
+    assert "(env JOBQ_PROCESSES; default 1)" in out
+
+
 def test_bad_setting_stops_the_program_with_a_message_naming_it(tmp_path: Path) -> None:
     env = {**os.environ, "JOBQ_MAX_ATTEMPTS": "zero", "JOBQ_DATABASE_URL":
            f"sqlite:///{tmp_path / 'x.db'}"}
