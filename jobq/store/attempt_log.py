@@ -31,25 +31,12 @@ from jobq.store.exprs import db_now
 from jobq.store.tables import attempts
 from jobq.types import Attempt, AttemptOutcome, JobState
 
-#: The columns of an ended attempt, in this order, as ``record``'s rows and ``recorded``'s
-#: source give them; ``finished_at`` is the database's now.
-ENDED = ("job_id", "attempt", "worker_id", "lease_token", "started_at", "outcome", "error",
-         "traceback")
 
 
 def upsert(dialect: Dialect) -> Any:
-    """INSERT of ended attempts, one parameter set each."""
-    return _one_per_claim(dialect.insert(attempts))
-
-
-def recorded(dialect: Dialect, source: Any) -> Any:
-    """The INSERT … SELECT of the ended attempts that ``source`` (a SELECT of the ``ENDED``
-    columns in order, then ``finished_at``) yields."""
-    return _one_per_claim(dialect.insert(attempts).from_select([*ENDED, "finished_at"], source))
-
-
-def _one_per_claim(ins: Any) -> Any:
-    # An existing row of the same claim takes the outcome (see the module's docstring).
+    """INSERT of ended attempts, one parameter set each; an existing row of the same claim
+    takes the outcome (see the module's docstring)."""
+    ins = dialect.insert(attempts)
     return ins.on_conflict_do_update(
         index_elements=[attempts.c.lease_token],
         set_={"outcome": ins.excluded.outcome, "finished_at": ins.excluded.finished_at,
