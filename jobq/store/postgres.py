@@ -25,7 +25,6 @@ from sqlalchemy import (
     Integer,
     Row,
     Select,
-    String,
     Table,
     Text,
     any_,
@@ -57,26 +56,46 @@ PENDING, RUNNING, DONE = JobState.PENDING.value, JobState.RUNNING.value, JobStat
 #: Channel on which idle workers are woken; the payload is the queue's name.
 NOTIFY_CHANNEL = "jobq_jobs"
 
-#: running → done for a batch: the batch arrives as arrays, so the text of the statement is
-#: the same for every batch; the fourth holds 'running' per row (``exprs.held``'s
-#: ``running``). RETURNING gives the tokens whose guard held. The successful attempt is the
-#: done row itself (``attempt_log``): nothing else is written.
+#: running → done for a batch: the batch arrives as one JSON array of rows (a single
+#: parameter, which Python's C encoder writes; four arrays of 200 elements cost psycopg's
+#: array dumper a third of a completion's client time), so the text of the statement is the
+#: same for every batch. Each row holds 'running' (``exprs.held``'s ``running``). RETURNING
+#: gives the tokens whose guard held. The successful attempt is the done row itself
+#: (``attempt_log``): nothing else is written.
 _FINISHED = (
-    func.unnest(
-        bindparam("c_ids", type_=pg.ARRAY(BigInteger)),
-        bindparam("c_tokens", type_=pg.ARRAY(String)),
-        cast(bindparam("c_results", type_=pg.ARRAY(Text)), pg.ARRAY(pg.JSONB)),
-        bindparam("c_running", type_=pg.ARRAY(String)),
+    select(
+        func.jsonb_to_recordset(cast(bindparam("c_done", type_=Text), pg.JSONB))
+        .table_valued(column("id", BigInteger), column("token", Text),
+                      column("result", pg.JSONB), column("running", Text))
+        .render_derived(name="batch", with_types=True)
     )
-    .table_valued("id", "token", "result", "running")
-    .render_derived(name="finished")
+    .cte("finished")
+    .prefix_with("MATERIALIZED")
 )
 _MARK_DONE = (
     update(jobs)
-    .where(held(_FINISHED.c.token, _FINISHED.c.id, running=_FINISHED.c.running))
-    .values(state=DONE, result=_FINISHED.c.result, finished_at=db_now(), **DONE_LEASE)
+    .where(held(_FINISHED.c.token, _FINISHED.c.id, running=_FINISHED.c.running),
+           # The rows by their ids as well: a plan that cannot depend on the table's
+           # statistics. Joined alone, a table not yet analysed (a fresh one, or one that
+           # grew by a large batch) is read whole for every batch: measured on 20,000 rows,
+           # 17-20 ms against 7 ms for 200 jobs.
+           jobs.c.id == any_(func.array(select(_FINISHED.c.id).scalar_subquery())))
+    # A JSON null in the batch reads as SQL NULL; stored is the JSON null, as on SQLite.
+    .values(state=DONE,
+            result=func.coalesce(_FINISHED.c.result, cast(literal("null"), pg.JSONB)),
+            finished_at=db_now(), **DONE_LEASE)
     .returning(_FINISHED.c.token)
 )
+
+
+_decode_json = json.JSONDecoder().decode
+
+
+def _json_loads(data: bytes) -> Any:
+    """JSON and JSONB values as psycopg hands them over, as bytes. ``json.loads`` would first
+    guess their encoding, a third of the decoding of a claimed job's small payload; they are
+    UTF-8, as ``json.loads`` would have guessed for any text it can read."""
+    return _decode_json(data.decode())
 
 
 class Postgres:
@@ -88,6 +107,7 @@ class Postgres:
             settings.sqlalchemy_url,
             **pool_options(settings),
             pool_recycle=1800,
+            json_deserializer=_json_loads,
             connect_args={
                 "connect_timeout": max(1, int(settings.db_timeout_seconds)),
                 "application_name": "jobq",
@@ -180,12 +200,10 @@ class Postgres:
         # One UPDATE in autocommit: one round trip, whatever the batch size.
         def run(db: Connections, finished: Sequence[tuple[Lease, Any]]) -> set[str]:
             with db.autocommit() as conn:
-                return set(conn.execute(_MARK_DONE, {
-                    "c_ids": [lease.job_id for lease, _ in finished],
-                    "c_tokens": [lease.token for lease, _ in finished],
-                    "c_results": [json.dumps(result) for _, result in finished],
-                    "c_running": [RUNNING] * len(finished),
-                }).scalars())
+                done = json.dumps([{"id": lease.job_id, "token": lease.token,
+                                    "result": result, "running": RUNNING}
+                                   for lease, result in finished])
+                return set(conn.execute(_MARK_DONE, {"c_done": done}).scalars().all())
 
         return run
 

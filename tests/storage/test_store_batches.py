@@ -7,11 +7,12 @@ from __future__ import annotations
 import dataclasses
 import select
 import time
+from collections.abc import Iterator
 
 import psycopg
 import pytest
 from factories import claim_one, enqueue, enqueue_many
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from jobq.store import SqlStore
 from jobq.store.exprs import MAINTENANCE_LOCK
@@ -149,3 +150,42 @@ def test_rescue_retry_and_release_wake_workers(store: SqlStore, listener: Listen
     # Nothing is sent for a transition that changes nothing.
     assert store.release([b.lease]) == 0
     assert listener.received(0.2) == []
+
+
+# -- plans (PostgreSQL) ----------------------------------------------------------------------
+
+
+def test_a_batch_completion_reads_its_rows_by_id_on_a_table_not_yet_analysed(
+        store: SqlStore) -> None:
+    """A fresh table (or one just grown by a large batch) has no statistics for the planner
+    yet. Joined to the batch alone, PostgreSQL then read the whole table for every completion
+    (a hash join over a sequential scan: 17-20 ms for 200 jobs among 20,000, against 7 ms)."""
+    if store.dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL plan")
+    for _ in range(10):
+        enqueue_many(store, 1000)
+    claimed = store.claim("w1", ["default"], 200, 30)
+    seen: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "UPDATE jobq_jobs" in statement:
+            seen.append((statement, parameters))
+
+    event.listen(store.engine, "before_cursor_execute", capture)
+    try:
+        assert len(store.complete_many([(c.lease, None) for c in claimed[:100]])) == 100
+    finally:
+        event.remove(store.engine, "before_cursor_execute", capture)
+    (statement, parameters), = seen
+    dsn = listen_dsn(store.engine)
+    assert dsn is not None
+    with psycopg.connect(dsn) as conn:  # the plan of the statement as it ran (not run again)
+        plan = conn.execute("EXPLAIN (FORMAT JSON) " + statement, parameters).fetchone()[0]
+    scans = [(n.get("Node Type"), n.get("Relation Name")) for n in _plan_nodes(plan[0]["Plan"])]
+    assert ("Seq Scan", "jobq_jobs") not in scans, scans
+
+
+def _plan_nodes(node: dict) -> Iterator[dict]:  # type: ignore[type-arg]
+    yield node
+    for child in node.get("Plans", ()):
+        yield from _plan_nodes(child)
