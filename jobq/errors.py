@@ -33,8 +33,9 @@ class UnknownTask(JobqError):
 class IdempotencyConflict(JobqError):
     """The idempotency key was used before with a different request.
 
-    ``job_id`` is the job that holds the key; None when the holder is not to be named (see
-    HiddenIdempotencyConflict) or is an earlier item of the same batch (see ``within_batch``).
+    Keys are unique within a queue, so the job that holds the key is always in the queue the
+    new job asked for. ``job_id`` names it; None when the holder is an earlier item of the
+    same batch (see ``within_batch``).
     """
 
     def __init__(self, key: str, job_id: int | None, *, index: int | None = None) -> None:
@@ -128,14 +129,3 @@ class KeyNotFound(JobqError):
 
 class InvalidKeySpec(JobqError, ValueError):
     """An API key that jobq will not create; the message says why."""
-
-
-class HiddenIdempotencyConflict(IdempotencyConflict):
-    """The idempotency key is taken by a job in a queue that the caller may not see: the
-    conflict is reported without naming that job."""
-
-    def __init__(self, key: str, *, index: int | None = None) -> None:
-        JobqError.__init__(self, f"idempotency_key {key!r} is already in use by another job")
-        self.key = key
-        self.job_id = None
-        self.index = index

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from concurrent.futures import Future
 from datetime import datetime
 from types import TracebackType
 from typing import Any
 
 from jobq.coalesce import GroupCommit
 from jobq.errors import (
-    HiddenIdempotencyConflict,
-    IdempotencyConflict,
     JobNotFound,
     JobqError,
     QueueNotFound,
@@ -81,11 +78,7 @@ class JobService:
             run_at=run_at, delay_seconds=delay_seconds, idempotency_key=idempotency_key,
             allowed_queues=allowed_queues,
         )
-        try:
-            return self._group.enqueue(new)
-        except IdempotencyConflict as exc:
-            self._hide_conflict(exc, allowed_queues)
-            raise
+        return self._group.enqueue(new)
 
     async def enqueue_async(
         self,
@@ -98,7 +91,7 @@ class JobService:
         """``enqueue`` (the same arguments, checks and group commit) for an event loop (the
         API's ``POST /jobs``), awaited without holding a thread while the commit runs."""
         new = self._new_job(task_type, payload, allowed_queues=allowed_queues, **options)
-        result: EnqueueResult = await self._committed(self._group.submit(new), allowed_queues)
+        result: EnqueueResult = await asyncio.wrap_future(self._group.submit(new))
         return result
 
     def enqueue_many(
@@ -115,12 +108,7 @@ class JobService:
         InvalidJob, QueueNotFound, IdempotencyConflict) says which in its ``index`` (from 0),
         and then no job of the batch is stored.
         """
-        news = self._new_jobs(specs, allowed_queues)
-        try:
-            return self._group.enqueue_many(news)
-        except IdempotencyConflict as exc:
-            self._hide_conflict(exc, allowed_queues)
-            raise
+        return self._group.enqueue_many(self._new_jobs(specs, allowed_queues))
 
     async def enqueue_many_async(
         self,
@@ -131,22 +119,8 @@ class JobService:
         """``enqueue_many`` for an event loop (the API's ``POST /jobs/batch``), awaited
         without holding a thread while the commit runs."""
         news = self._new_jobs(specs, allowed_queues)
-        results: list[EnqueueResult] = await self._committed(
-            self._group.submit_many(news), allowed_queues
-        )
+        results: list[EnqueueResult] = await asyncio.wrap_future(self._group.submit_many(news))
         return results
-
-    async def _committed(
-        self, future: Future[Any], allowed_queues: Collection[str] | None
-    ) -> Any:
-        """What the group commit's ``future`` settles with, awaited on the event loop; an
-        idempotency conflict is hidden as ``enqueue`` hides it."""
-        try:
-            return await asyncio.wrap_future(future)
-        except IdempotencyConflict as exc:
-            if allowed_queues is not None:  # the check may read the database
-                await asyncio.to_thread(self._hide_conflict, exc, allowed_queues)
-            raise
 
     def _new_jobs(
         self, specs: Iterable[Mapping[str, Any]], allowed_queues: Collection[str] | None
@@ -189,16 +163,6 @@ class JobService:
             delay_seconds=delay_seconds,
             idempotency_key=idempotency_key,
         )
-
-    def _hide_conflict(
-        self, exc: IdempotencyConflict, allowed_queues: Collection[str] | None
-    ) -> None:
-        """Idempotency keys are one namespace over all queues; a conflict with a job the
-        caller may not see must not name that job: raises HiddenIdempotencyConflict then."""
-        if allowed_queues is not None and exc.job_id is not None and (
-            self.store.get(exc.job_id, with_attempts=False).queue not in allowed_queues
-        ):
-            raise HiddenIdempotencyConflict(exc.key, index=exc.index) from None
 
     # ``allowed_queues`` (where taken): the queues the caller may see, from its API key; None
     # means every queue. A job or queue outside them does not exist for the caller

@@ -61,7 +61,7 @@ class Dialect(Protocol):
 
     def enqueue_statement(self) -> Any:
         """The INSERT of new jobs, given as ``enqueue_params``; a taken idempotency key is
-        skipped. Returns (id, idempotency_key, run_at, created_at) per inserted row."""
+        skipped. Returns (id, idempotency_key, run_at, created_at, queue) per inserted row."""
 
     def enqueue_params(self, rows: list[dict[str, Any]], engine: Engine) -> Any:
         """The parameters of ``enqueue_statement`` for the jobs' values (``enqueue._values``)."""
@@ -88,6 +88,14 @@ class Dialect(Protocol):
 
     def lock_for_migration(self, conn: Connection) -> None:
         """Make concurrent migrations of this database wait for ``conn``'s transaction."""
+
+    def rebuilding_tables(self, conn: Connection) -> AbstractContextManager[None]:
+        """Around a migration's transaction on ``conn`` (entered before it begins): what lets
+        a migration rebuild a table that others reference (SQLite), checked before commit
+        with ``check_references``."""
+
+    def check_references(self, conn: Connection) -> None:
+        """Raise if a migration left a reference without its row."""
 
     def numbers(self, n: int) -> tuple[Select[Any], Any]:
         """A SELECT of the integers 1..n and its column (for set-based bulk inserts)."""

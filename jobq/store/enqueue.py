@@ -1,4 +1,8 @@
-"""Enqueue: one job or a batch in one transaction, with idempotency keys."""
+"""Enqueue: one job or a batch in one transaction, with idempotency keys.
+
+An idempotency key is unique within its queue (migration 0005): here a key is always the
+pair (queue, key), ``Scoped``.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,16 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, tuple_
 
 from jobq.errors import IdempotencyConflict, StoreUnavailable
 from jobq.store.base import StoreBase, translate
 from jobq.store.rows import created_job, job_of
 from jobq.store.tables import jobs
 from jobq.types import EnqueueResult, Job, NewJob
+
+#: An idempotency key within its queue: (queue, key).
+Scoped = tuple[str, str]
 
 
 class Enqueue(StoreBase):
@@ -37,8 +44,8 @@ class Enqueue(StoreBase):
         """Insert jobs in one transaction, all or nothing; the results are in input order.
 
         Idempotency keys work as in ``enqueue``, between the items too: an item whose key an
-        existing job or an earlier item of the batch holds with the same request gets that
-        job (``created`` False). With a different request it is an IdempotencyConflict whose
+        existing job of its queue or an earlier item of the batch for that queue holds with
+        the same request gets that job (``created`` False). With a different request it is an IdempotencyConflict whose
         ``index`` names the item, and nothing is stored. Idle workers of the queues that got
         a job that is due now are woken at commit (on PostgreSQL by the INSERT itself).
         """
@@ -67,17 +74,19 @@ class Enqueue(StoreBase):
             return self._with_keys(conn, news, first, fresh, rows)
 
     def _with_keys(
-        self, conn: Connection, news: Sequence[NewJob], first: dict[str, int],
+        self, conn: Connection, news: Sequence[NewJob], first: dict[Scoped, int],
         fresh: list[int], rows: list[Any],
     ) -> list[EnqueueResult]:
         """The results of a batch with idempotency keys, from its inserted ``rows``."""
-        made = {r.idempotency_key for r in rows if r.idempotency_key is not None}
-        inserted = [i for i in fresh if news[i].idempotency_key in made
-                    or news[i].idempotency_key is None]
-        if [r.idempotency_key for r in rows] != [news[i].idempotency_key for i in inserted]:
+        made = {(r.queue, r.idempotency_key) for r in rows if r.idempotency_key is not None}
+        inserted = [i for i in fresh if news[i].idempotency_key is None
+                    or _scoped(news[i]) in made]
+        if [(r.queue, r.idempotency_key) for r in rows] != [
+                (news[i].queue, news[i].idempotency_key) for i in inserted]:
             raise RuntimeError("enqueue_many: the inserted rows do not pair with the items")
         created = {i: created_job(news[i], row) for i, row in zip(inserted, rows)}
-        held = {news[i].idempotency_key: job for i, job in created.items()}
+        held = {_scoped(news[i]): job for i, job in created.items()
+                if news[i].idempotency_key is not None}
         held.update(_jobs_by_key(conn, [k for k in first if k not in made]))
         results = []
         for i, new in enumerate(news):
@@ -85,39 +94,43 @@ class Enqueue(StoreBase):
             if job is not None:
                 results.append(EnqueueResult(job, created=True))
                 continue
-            key = new.idempotency_key
-            assert key is not None
-            job = held.get(key)
+            scoped = _scoped(new)
+            job = held.get(scoped)
+            key = scoped[1]
             if job is None:
                 # Deleted (pruned) between the INSERT that found it and the SELECT.
                 raise StoreUnavailable(f"the job of idempotency_key {key!r} just vanished")
             if not _same_request(job, new):
-                if key in made:  # made by this batch, which this error rolls back
-                    raise IdempotencyConflict.within_batch(key, i, first[key])
+                if scoped in made:  # made by this batch, which this error rolls back
+                    raise IdempotencyConflict.within_batch(key, i, first[scoped])
                 raise IdempotencyConflict(key, job.id, index=i)
             results.append(EnqueueResult(job, created=False))
         return results
 
 
-def _fresh(news: Sequence[NewJob]) -> tuple[dict[str, int], list[int]]:
-    """Each idempotency key's first item, and the items to insert (those without a key, and
-    each key's first), keyed ones in key order."""
-    first: dict[str, int] = {}
+def _scoped(new: NewJob) -> Scoped:
+    assert new.idempotency_key is not None
+    return new.queue, new.idempotency_key
+
+
+def _fresh(news: Sequence[NewJob]) -> tuple[dict[Scoped, int], list[int]]:
+    """Each (queue, idempotency key)'s first item, and the items to insert (those without a
+    key, and each scoped key's first), keyed ones in key order."""
+    first: dict[Scoped, int] = {}
     fresh: list[int] = []
     for i, new in enumerate(news):
-        key = new.idempotency_key
-        if key is None:
+        if new.idempotency_key is None:
             fresh.append(i)
-        elif key not in first:
-            first[key] = i
+        elif (scoped := _scoped(new)) not in first:
+            first[scoped] = i
             fresh.append(i)
     # Keyed rows go in in key order: a unique-index insert waits for another transaction that
     # inserted the same key, so two batches that took shared keys in different orders would
     # deadlock (PostgreSQL). The same order everywhere leaves waits without cycles. (Ids then
     # follow key order among keyed items; results stay in input order.)
     if first:
-        fresh.sort(key=lambda i: (news[i].idempotency_key is not None,
-                                  news[i].idempotency_key or "", i))
+        fresh.sort(key=lambda i: (False, "", "", i) if news[i].idempotency_key is None
+                   else (True, *_scoped(news[i]), i))
     return first, fresh
 
 
@@ -145,10 +158,11 @@ def _same_request(job: Job, new: NewJob) -> bool:
     )
 
 
-def _jobs_by_key(conn: Connection, keys: Sequence[str]) -> dict[str, Job]:
-    """The jobs that hold ``keys``, by key."""
-    found: dict[str, Job] = {}
-    for start in range(0, len(keys), 1000):  # a bounded number of parameters each
-        stmt = select(jobs).where(jobs.c.idempotency_key.in_(keys[start:start + 1000]))
-        found.update((r.idempotency_key, job_of(r)) for r in conn.execute(stmt))
+def _jobs_by_key(conn: Connection, keys: Sequence[Scoped]) -> dict[Scoped, Job]:
+    """The jobs that hold ``keys`` (each in its queue), by scoped key."""
+    found: dict[Scoped, Job] = {}
+    for start in range(0, len(keys), 500):  # a bounded number of parameters each
+        stmt = select(jobs).where(
+            tuple_(jobs.c.queue, jobs.c.idempotency_key).in_(keys[start:start + 500]))
+        found.update(((r.queue, r.idempotency_key), job_of(r)) for r in conn.execute(stmt))
     return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from alembic import command
 from alembic.config import Config
@@ -34,15 +35,26 @@ def current_revision(engine: Engine) -> str | None:
         return ctx.get_current_revision()
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision.
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to the newest revision (or to ``revision``, for tests).
 
     The whole upgrade runs in one transaction that first takes the lock: PostgreSQL's advisory
     transaction lock (``exprs.MIGRATION_LOCK``), SQLite's write lock (BEGIN IMMEDIATE, see
     sqlite.py). Latecomers wait, then find the schema current and do nothing.
     """
+    _run(engine, command.upgrade, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take the schema back to ``revision`` ("base": nothing), the same way."""
+    _run(engine, command.downgrade, revision)
+
+
+def _run(engine: Engine, step: Callable[[Config, str], None], revision: str) -> None:
     cfg = _config()
-    with engine.begin() as conn:
-        dialect_for(engine.url).lock_for_migration(conn)
+    dialect = dialect_for(engine.url)
+    with engine.connect() as conn, dialect.rebuilding_tables(conn), conn.begin():
+        dialect.lock_for_migration(conn)
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        step(cfg, revision)
+        dialect.check_references(conn)

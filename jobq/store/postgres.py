@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any
 
@@ -163,7 +163,7 @@ class Postgres:
                     db_now(),
                 ).order_by(given.c.ord),
             )
-            .on_conflict_do_nothing(index_elements=[jobs.c.idempotency_key])
+            .on_conflict_do_nothing(index_elements=[jobs.c.queue, jobs.c.idempotency_key])
             .returning(jobs.c.id, jobs.c.idempotency_key, jobs.c.run_at, jobs.c.created_at,
                        jobs.c.queue)
         )
@@ -175,7 +175,7 @@ class Postgres:
         due = select(ins.c.queue).where(ins.c.run_at <= ins.c.created_at).distinct().subquery()
         woken = select(func.count(func.pg_notify(NOTIFY_CHANNEL, due.c.queue))).scalar_subquery()
         return select(ins.c.id, ins.c.idempotency_key, ins.c.run_at, ins.c.created_at,
-                      woken.label("woken"))
+                      ins.c.queue, woken.label("woken"))
 
     def enqueue_params(self, rows: list[dict[str, Any]], engine: Engine) -> Any:
         dialect, to_utc = engine.dialect, jobs.c.run_at.type.process_bind_param
@@ -224,6 +224,12 @@ class Postgres:
 
     def lock_for_migration(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+
+    def rebuilding_tables(self, conn: Connection) -> AbstractContextManager[None]:
+        return nullcontext()  # ALTER TABLE does it all, inside the transaction
+
+    def check_references(self, conn: Connection) -> None:
+        pass  # enforced at every statement
 
     def numbers(self, n: int) -> tuple[Select[Any], Any]:
         series = func.generate_series(1, n).table_valued("i").render_derived(name="series")

@@ -12,8 +12,8 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Collection, Coroutine, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from sqlalchemy import (
@@ -129,8 +129,9 @@ class Sqlite:
         return (
             sqlite.insert(jobs)
             .values(state=PENDING, attempts=0, run_at=run_at, created_at=db_now())
-            .on_conflict_do_nothing(index_elements=[jobs.c.idempotency_key])
-            .returning(jobs.c.id, jobs.c.idempotency_key, jobs.c.run_at, jobs.c.created_at)
+            .on_conflict_do_nothing(index_elements=[jobs.c.queue, jobs.c.idempotency_key])
+            .returning(jobs.c.id, jobs.c.idempotency_key, jobs.c.run_at, jobs.c.created_at,
+                       jobs.c.queue)
         )
 
     def enqueue_params(self, rows: list[dict[str, Any]], engine: Engine) -> Any:
@@ -170,6 +171,25 @@ class Sqlite:
 
     def lock_for_migration(self, conn: Connection) -> None:
         pass  # the migration's transaction holds the only write lock (BEGIN IMMEDIATE)
+
+    @contextmanager
+    def rebuilding_tables(self, conn: Connection) -> Iterator[None]:
+        # SQLite changes a constraint only by rebuilding the table (CREATE the new, copy,
+        # DROP the old, RENAME), and with foreign keys on, that DROP deletes every row that
+        # references the old table (the attempts: ON DELETE CASCADE). The pragma is a no-op
+        # inside a transaction, so it is set on the driver's connection before the
+        # migration's BEGIN, and set back after it (SQLite's documented procedure).
+        driver = conn.connection.driver_connection
+        driver.execute("PRAGMA foreign_keys=OFF")
+        try:
+            yield
+        finally:
+            driver.execute("PRAGMA foreign_keys=ON")
+
+    def check_references(self, conn: Connection) -> None:
+        broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise RuntimeError(f"the migration left references without their rows: {broken[:5]}")
 
     def numbers(self, n: int) -> tuple[Select[Any], Any]:
         start = select(literal(1).label("i")).cte("series", recursive=True)

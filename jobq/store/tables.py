@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects import sqlite
@@ -136,7 +137,7 @@ jobs = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("max_attempts", Integer, nullable=False),
     Column("run_at", Timestamp, nullable=False),
-    Column("idempotency_key", String(255), nullable=True, unique=True),
+    Column("idempotency_key", String(255), nullable=True),
     # The lease: set while running, cleared on every move out of running.
     Column("worker_id", String(128), nullable=True),
     Column("lease_token", String(64), nullable=True),
@@ -148,6 +149,10 @@ jobs = Table(
     Column("finished_at", Timestamp, nullable=True),
     CheckConstraint(f"state IN ({_states})", name="state"),
     CheckConstraint("attempts >= 0 AND attempts <= max_attempts", name="attempts"),
+    # An idempotency key is unique within its queue (migration 0005): a producer of one
+    # queue can neither take another queue's key nor learn that it exists. Jobs without a
+    # key do not collide: NULLs are distinct in a unique constraint on both databases.
+    UniqueConstraint("queue", "idempotency_key", name="uq_jobq_jobs_queue_idempotency_key"),
     sqlite_autoincrement=True,
 )
 

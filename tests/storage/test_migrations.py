@@ -9,15 +9,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from datetime import datetime, timezone
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, delete, insert, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from jobq.harness import PgDatabases
 from jobq.settings import load_settings
@@ -25,12 +26,12 @@ from jobq.store import SqlStore
 from jobq.store import make_engine
 from jobq.store.migrate import (
     VERSION_TABLE,
-    _config,
     current_revision,
+    downgrade,
     head_revision,
     migrate,
 )
-from jobq.store.tables import metadata
+from jobq.store.tables import attempts, jobs, metadata
 from jobq.types import JobState, NewJob
 
 TABLES = {"jobq_jobs", "jobq_attempts", "jobq_workers", "jobq_api_keys"}
@@ -113,7 +114,7 @@ def _describe(engine: Engine) -> dict[str, Any]:
 
 
 def test_head_is_a_single_known_revision() -> None:
-    assert head_revision() == "0004"
+    assert head_revision() == "0005"
 
 
 def test_migrate_twice_is_a_noop(fresh_url: Callable[[], str]) -> None:
@@ -174,15 +175,51 @@ def test_downgrade_to_base_and_up_again(fresh_url: Callable[[], str]) -> None:
     engine = _engine(fresh_url())
     try:
         migrate(engine)
-        cfg = _config()
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "base")
+        downgrade(engine, "base")
         assert current_revision(engine) is None
         assert not TABLES & set(inspect(engine).get_table_names())
         migrate(engine)
         assert current_revision(engine) == head_revision()
         assert _diffs(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_0005_scopes_idempotency_keys_by_queue_and_keeps_every_row(
+        fresh_url: Callable[[], str]) -> None:
+    """From 0004 with jobs, a failed attempt and a deleted newest job: every row is kept
+    (on SQLite the jobs table is rebuilt, with its attempts still referencing it), no id is
+    handed out again, and a key is then unique within its queue only."""
+    engine = _engine(fresh_url())
+    try:
+        migrate(engine, "0004")
+        now = datetime.now(timezone.utc)
+        row = {"task_type": "echo", "payload": {"n": 1}, "priority": 0, "state": "pending",
+               "attempts": 0, "max_attempts": 3, "run_at": now, "created_at": now}
+        with engine.begin() as conn:
+            conn.execute(insert(jobs), [{**row, "queue": "a", "idempotency_key": "k"},
+                                        {**row, "queue": "a", "idempotency_key": None},
+                                        {**row, "queue": "b", "idempotency_key": "other"}])
+            conn.execute(insert(attempts), [{
+                "job_id": 1, "attempt": 1, "worker_id": "w", "lease_token": "t" * 32,
+                "started_at": now, "finished_at": now, "outcome": "error", "error": "boom"}])
+            conn.execute(delete(jobs).where(jobs.c.id == 3))
+        migrate(engine)
+        assert current_revision(engine) == head_revision()
+        assert _diffs(engine) == []
+        store = SqlStore(engine)
+        kept = store.get(1)
+        assert (kept.queue, kept.idempotency_key, kept.payload) == ("a", "k", {"n": 1})
+        assert [a.error for a in kept.attempt_log] == ["boom"]
+        assert store.get(2).idempotency_key is None
+        elsewhere = store.enqueue(NewJob("echo", {"n": 2}, queue="b", idempotency_key="k"))
+        assert elsewhere.created and elsewhere.job.id > 3  # 3 was deleted: never handed out again
+        same = store.enqueue(NewJob("echo", {"n": 1}, queue="a", idempotency_key="k"))
+        assert (same.created, same.job.id) == (False, 1)
+        with pytest.raises(IntegrityError):  # while two queues hold "k": nothing changes
+            downgrade(engine, "0004")
+        assert current_revision(engine) == head_revision()
+        assert [a.error for a in store.get(1).attempt_log] == ["boom"]
     finally:
         engine.dispose()
 

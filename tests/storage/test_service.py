@@ -13,7 +13,6 @@ from sqlalchemy import event
 
 import jobq
 from jobq.errors import (
-    HiddenIdempotencyConflict,
     IdempotencyConflict,
     InvalidJob,
     QueueNotFound,
@@ -126,17 +125,22 @@ def test_enqueue_many_names_the_bad_item_and_stores_nothing(
     assert svc.list_jobs().items == []
 
 
-def test_enqueue_many_conflict_with_a_hidden_job_does_not_name_it(svc: JobService) -> None:
+def test_idempotency_keys_are_unique_within_a_queue_only(svc: JobService) -> None:
     theirs = svc.enqueue("plain", 1, queue="theirs", idempotency_key="k").job
     batch = [{"task_type": "plain", "queue": "mine"},
-             {"task_type": "plain", "payload": 2, "queue": "mine", "idempotency_key": "k"}]
-    with pytest.raises(HiddenIdempotencyConflict) as err:
-        svc.enqueue_many(batch, allowed_queues={"mine"})
-    assert (err.value.job_id, err.value.index) == (None, 1)
+             {"task_type": "plain", "payload": 2, "queue": "mine", "idempotency_key": "k"},
+             {"task_type": "plain", "payload": 3, "queue": "other", "idempotency_key": "k"}]
+    made = svc.enqueue_many(batch, allowed_queues={"mine", "other"})
+    assert [r.created for r in made] == [True, True, True]
+    assert len({theirs.id, *(r.job.id for r in made)}) == 4
+    # Repeated, each keyed item gets its own queue's job back; changed, it conflicts there.
+    again = svc.enqueue_many(batch)
+    assert [r.created for r in again] == [True, False, False]
+    assert [r.job.id for r in again[1:]] == [r.job.id for r in made[1:]]
     with pytest.raises(IdempotencyConflict) as err:
-        svc.enqueue_many(batch)
-    assert (err.value.job_id, err.value.index) == (theirs.id, 1)
-    assert svc.list_jobs().items == [theirs]
+        svc.enqueue("plain", 9, queue="other", idempotency_key="k")
+    assert err.value.job_id == made[2].job.id
+    assert svc.enqueue("plain", 1, queue="theirs", idempotency_key="k").job.id == theirs.id
 
 
 def test_connect_is_the_python_client(db_url: str) -> None:

@@ -235,7 +235,7 @@ def test_same_key_different_request_conflicts(store: SqlStore) -> None:
     }
     first = store.enqueue(new_job(**base)).job
     changes: list[dict[str, Any]] = [
-        {"payload": {"x": 2}}, {"payload": None}, {"task_type": "other"}, {"queue": "other"},
+        {"payload": {"x": 2}}, {"payload": None}, {"task_type": "other"},
         {"priority": 5}, {"max_attempts": 7},
     ]
     for change in changes:
@@ -246,6 +246,9 @@ def test_same_key_different_request_conflicts(store: SqlStore) -> None:
     # Nothing was written, and the original is untouched.
     assert store.list_jobs().items == [first]
     assert store.enqueue(new_job(**base)).created is False
+    # In another queue the key is another key (unique per queue).
+    other = store.enqueue(new_job(**{**base, "queue": "other"}))
+    assert other.created and other.job.id != first.id
 
 
 def test_idempotent_repeat_of_every_json_kind(store: SqlStore) -> None:
@@ -437,7 +440,8 @@ def test_enqueues_notify_the_queues_of_due_jobs_at_commit(store: SqlStore) -> No
         assert _heard(conn) == ["e"]
         store.enqueue_many([new_job(queue="e", payload=1, idempotency_key="e")])
         with pytest.raises(IdempotencyConflict):
-            store.enqueue_many([new_job(queue="f"), new_job(payload=2, idempotency_key="e")])
+            store.enqueue_many([new_job(queue="f"),
+                                new_job(queue="e", payload=2, idempotency_key="e")])
         assert _heard(conn) == []
 
 
