@@ -170,10 +170,7 @@ class JobService:
     # leaves no gap.
 
     def get(self, job_id: int, *, allowed_queues: Collection[str] | None = None) -> Job:
-        job = self.store.get(job_id)
-        if allowed_queues is not None and job.queue not in allowed_queues:
-            raise JobNotFound(job_id)
-        return job
+        return self.store.get(job_id, queues=allowed_queues)
 
     def list_jobs(
         self,
@@ -208,8 +205,7 @@ class JobService:
         return self.store.retry(job_id)
 
     def _visible(self, job_id: int, queues: Collection[str]) -> None:
-        if self.store.get(job_id, with_attempts=False).queue not in queues:
-            raise JobNotFound(job_id)
+        self.store.get(job_id, with_attempts=False, queues=queues)  # JobNotFound if not
 
     def stats(self, *, allowed_queues: Collection[str] | None = None) -> Stats:
         # A worker counts as live while its heartbeat is younger than two leases.

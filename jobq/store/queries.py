@@ -3,7 +3,7 @@ caller that may see only some queues (an API key)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -28,9 +28,16 @@ class Queries(StoreBase):
             return conn.execute(select(db_now())).scalar_one()
 
     @translate
-    def get(self, job_id: int, *, with_attempts: bool = True) -> Job:
+    def get(self, job_id: int, *, with_attempts: bool = True,
+            queues: Collection[str] | None = None) -> Job:
+        """The job; with ``queues``, only if it is in one of them. A job of another queue is
+        not found by the same one statement that finds no job at all, so neither its answer
+        nor its time tells that it exists (ids are sequential; its attempts are not read)."""
+        stmt = select(jobs).where(jobs.c.id == job_id)
+        if queues is not None:
+            stmt = stmt.where(jobs.c.queue.in_(sorted(queues)))
         with self.read() as conn:
-            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            row = conn.execute(stmt).first()
             if row is None:
                 raise JobNotFound(job_id)
             if not with_attempts:

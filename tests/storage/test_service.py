@@ -15,6 +15,7 @@ import jobq
 from jobq.errors import (
     IdempotencyConflict,
     InvalidJob,
+    JobNotFound,
     QueueNotFound,
     StoreUnavailable,
     UnknownTask,
@@ -418,3 +419,30 @@ def test_close_waits_for_a_callers_own_write_in_flight(store: SqlStore) -> None:
     closer.join(10)
     writer.join(10)
     assert committed.is_set() and not closer.is_alive()
+
+
+def test_another_queues_job_is_not_found_by_the_same_work_as_a_missing_one(
+        svc: JobService, store: SqlStore) -> None:
+    """Ids are sequential, so a job outside the caller's queues must cost what a missing job
+    costs: the same statements, and its attempts never read (else its 404 is slower)."""
+    theirs = svc.enqueue("plain", 1, queue="theirs").job
+    store.fail(store.claim("w1", ["theirs"], 1, 30)[0].lease, "boom", "tb", 0)  # an attempt
+    missing = theirs.id + 1000
+    seen: list[str] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        seen.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", capture)
+    try:
+        work = []
+        for job_id in (theirs.id, missing):
+            for act in (svc.get, svc.cancel, svc.retry):
+                seen.clear()
+                with pytest.raises(JobNotFound):
+                    act(job_id, allowed_queues={"mine"})
+                work.append((act.__name__, list(seen)))
+    finally:
+        event.remove(store.engine, "before_cursor_execute", capture)
+    assert work[:3] == work[3:]
+    assert not any("jobq_attempts" in s for _, statements in work for s in statements)
