@@ -11,7 +11,6 @@ from typing import Any
 
 from jobq.coalesce import GroupCommit
 from jobq.errors import (
-    JobNotFound,
     JobqError,
     QueueNotFound,
 )

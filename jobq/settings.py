@@ -94,6 +94,16 @@ class Settings(BaseSettings):
         description="Serve the API on a non-loopback address while no API key exists "
         "(every request is then allowed).",
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated names the API answers to in the Host header, besides "
+        "localhost and IP addresses (`*.example.com` for subdomains, `*` for any).",
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated web origins (`https://app.example.com`) allowed to send "
+        "state-changing requests, besides the API's own.",
+    )
     api_key_cache_seconds: float = Field(
         2.0, ge=0, le=60,
         description="How long an API process trusts what it read about API keys; a revoked "
@@ -110,7 +120,7 @@ class Settings(BaseSettings):
         1000, ge=1, le=100_000, description="Most jobs one `POST /jobs/batch` may submit."
     )
 
-    @field_validator("tasks", "queues", mode="before")
+    @field_validator("tasks", "queues", "allowed_hosts", "allowed_origins", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import jobq
 from jobq.api.auth import Authenticator, OpenApiGuard
+from jobq.api.guards import RequestGuard, Rules
 from jobq.api.problems import install_problem_handlers, problem_response
 from jobq.api.routes import jobs, monitoring
 from jobq.service import JobService
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
             settings if settings is not None else load_settings()
         )
         app.state.service = svc
+        app.state.request_rules = Rules(svc.settings.allowed_hosts, svc.settings.allowed_origins)
         app.state.auth = Authenticator(svc)
         await run_in_threadpool(app.state.auth.announce)
         try:
@@ -112,9 +114,13 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
         version=jobq.__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # A redirect to the slash-less path would be built from the request's Host header:
+        # a foreign name would come back as the place to go. /jobs/1/ is a 404 instead.
+        redirect_slashes=False,
     )
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
-    app.add_middleware(OpenApiGuard)  # added last, so it runs first
+    app.add_middleware(OpenApiGuard)
+    app.add_middleware(RequestGuard)  # added last, so it runs first: Host, Origin, framing
     install_problem_handlers(app)
     app.include_router(jobs)
     app.include_router(monitoring)

@@ -155,7 +155,7 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, UnknownTask):
         extensions["known_task_types"] = list(exc.known)
     elif isinstance(exc, IdempotencyConflict):
-        if exc.job_id is not None:  # None: the job is in a queue the caller may not see
+        if exc.job_id is not None:  # None: an earlier item of the same batch
             extensions["job_id"] = exc.job_id
     elif isinstance(exc, InvalidTransition):
         extensions.update(job_id=exc.job_id, state=str(exc.state))

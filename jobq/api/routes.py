@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from pydantic import BeforeValidator
 
 from jobq.api.auth import Admin, Enqueuer, Reader
 from jobq.api.models import (
@@ -71,7 +72,19 @@ def only_query_params(*names: str) -> Any:
             ])
 
     return Depends(check)
-JobId = Annotated[int, Path(ge=1, le=MAX_JOB_ID, description="The job's id.")]
+
+
+def _plain_digits(value: object) -> object:
+    """A path's id as text: digits 0-9 only. Converted as it was, ``/jobs/1_0`` was job 10
+    (Python's int() takes underscores), and "+1", " 1" and other scripts' digits were ids."""
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be written in plain digits (0-9)")
+    return value
+
+
+JobId = Annotated[
+    int, BeforeValidator(_plain_digits), Path(ge=1, le=MAX_JOB_ID, description="The job's id.")
+]
 
 jobs = APIRouter(prefix="/jobs", tags=["jobs"])
 monitoring = APIRouter(tags=["monitoring"])

@@ -45,9 +45,10 @@ class Enqueue(StoreBase):
 
         Idempotency keys work as in ``enqueue``, between the items too: an item whose key an
         existing job of its queue or an earlier item of the batch for that queue holds with
-        the same request gets that job (``created`` False). With a different request it is an IdempotencyConflict whose
-        ``index`` names the item, and nothing is stored. Idle workers of the queues that got
-        a job that is due now are woken at commit (on PostgreSQL by the INSERT itself).
+        the same request gets that job (``created`` False). With a different request it is
+        an IdempotencyConflict whose ``index`` names the item, and nothing is stored. Idle
+        workers of the queues that got a job that is due now are woken at commit (on
+        PostgreSQL by the INSERT itself).
         """
         if not news:
             return []

@@ -143,7 +143,7 @@ def test_declared_length_over_limit_is_refused_before_the_body_is_read(
         # Only the head is sent: an answer proves the server did not wait for the body.
         status, headers, body = raw_request(
             port_of(client),
-            "POST /jobs HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            "POST /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             f"Content-Length: {declared}\r\n",
             timeout=5,
         )
@@ -163,7 +163,7 @@ def test_chunked_body_over_limit_is_413(client: httpx.Client, store: SqlStore) -
                                       for _ in range(10_000))):
         status, headers, body = raw_request(
             port_of(client),
-            "POST /jobs HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            "POST /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             "Transfer-Encoding: chunked\r\n",
             chunks,
         )
@@ -257,7 +257,8 @@ def test_query_form_payload_has_the_same_string_limits(
     # request line of more than 64 KiB itself (a plain-text 400). Refused either way.
     status, _, _ = raw_request(
         port_of(client),
-        f"POST /jobs?task_type=echo&payload={long} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n",
+        f"POST /jobs?task_type=echo&payload={long} HTTP/1.1\r\nHost: localhost\r\n"
+        "Content-Length: 0\r\n",
     )
     assert status in (400, 422)
     assert stored_ids(store) == []
