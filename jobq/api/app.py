@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import jobq
 from jobq.api.auth import Authenticator, OpenApiGuard
 from jobq.api.guards import RequestGuard, Rules
+from jobq.api.openapi import install_openapi
 from jobq.api.problems import install_problem_handlers, problem_response
 from jobq.api.routes import jobs, monitoring
 from jobq.service import JobService
@@ -122,6 +123,7 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
     app.add_middleware(OpenApiGuard)
     app.add_middleware(RequestGuard)  # added last, so it runs first: Host, Origin, framing
     install_problem_handlers(app)
+    install_openapi(app)
     app.include_router(jobs)
     app.include_router(monitoring)
     return app

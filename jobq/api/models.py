@@ -303,7 +303,7 @@ class ValidationProblemItem(BaseModel):
 
 
 class Problem(BaseModel):
-    """An RFC 9457 problem (``application/problem+json``)."""
+    """An RFC 9457 problem, sent as `application/problem+json`."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -315,3 +315,20 @@ class Problem(BaseModel):
     errors: list[ValidationProblemItem] | None = Field(
         None, description="Validation problems, each with its location."
     )
+    # The members some problems add (problems.py), declared so that a generated client reads
+    # them as typed attributes; any other member is still allowed (``extra``).
+    job_id: int | None = Field(
+        None, description="The job concerned (job-not-found, invalid-transition, "
+        "idempotency-conflict when the job is in one of the key's queues)."
+    )
+    state: JobState | None = Field(None, description="The job's state (invalid-transition).")
+    index: int | None = Field(
+        None, description="The item of `POST /jobs/batch` concerned, from 0."
+    )
+    known_task_types: list[str] | None = Field(
+        None, description="The task types this server knows (unknown-task)."
+    )
+    required_scope: str | None = Field(
+        None, description="The scope the API key lacks (forbidden)."
+    )
+    queue: str | None = Field(None, description="The queue concerned (queue-not-found).")

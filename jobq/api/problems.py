@@ -79,13 +79,23 @@ _DESCRIPTIONS = {
 }
 
 
+#: Where the OpenAPI document keeps the Problem schema (jobq.api.openapi puts it there).
+PROBLEM_SCHEMA_REF = "#/components/schemas/" + Problem.__name__
+
+
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for the problems a route can answer with."""
+    """OpenAPI ``responses`` entries for the problems a route can answer with.
+
+    The schema is declared under ``application/problem+json``, the one media type the server
+    sends them as, and nowhere else: a client picks the schema by the response's media type,
+    so under ``application/json`` (where FastAPI puts a response ``model``) it parsed every
+    problem as nothing. Hence a reference, not ``model``; the schema itself is added to the
+    document's components by jobq.api.openapi.
+    """
     return {
         status: {
-            "model": Problem,
             "description": _DESCRIPTIONS.get(status, _phrase(status)),
-            "content": {PROBLEM_JSON: {}},
+            "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_SCHEMA_REF}}},
         }
         for status in statuses
     }
