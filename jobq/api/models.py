@@ -189,13 +189,31 @@ class BatchRequest(BaseModel):
 
 
 class EnqueueQuery(_JobSpec):
-    """A new job, as query parameters (``POST /jobs?task_type=test&payload=hello``)."""
+    """A new job, as query parameters (``POST /jobs?task_type=test&payload=hello``).
+
+    The query form and the JSON body share one operation, so a generated client's submit
+    takes both; a default declared for a query parameter is one such a client sends on every
+    call (``openapi-python-client`` does), and a body with ``?queue=default&priority=0`` is
+    refused as "both forms". So the defaults here are factories, which pydantic leaves out of
+    the schema: the server applies them, the descriptions say them, and no client sends them.
+    """
 
     task_type: Name | None = Field(
         None, description="Name of a registered task (query form).", examples=["test"]
     )
     payload: str | None = Field(
         None, description="The payload, as a string (query form).", examples=["hello"]
+    )
+    queue: Name = Field(
+        default_factory=lambda: "default",
+        description="Queue to put the job in; default `default`.",
+        examples=["default"],
+    )
+    priority: int = Field(
+        default_factory=int,
+        ge=PRIORITY_MIN,
+        le=PRIORITY_MAX,
+        description="Higher runs first among due jobs of a queue; default 0.",
     )
 
     @field_validator("payload")

@@ -7,6 +7,15 @@ FastAPI builds the document (``/openapi.json``) from the routes and models, once
   (``problems.problem_responses``), since FastAPI would put a response ``model`` under
   ``application/json``, which the server never sends for an error; FastAPI collects only the
   models named as ``model``, so the Problem schema and those it uses are added here.
+- **Optional, not null.** FastAPI writes an optional parameter or body (``X | None = None``)
+  as "X or null". A query string has no null: leaving the parameter out is how a client omits
+  it, and openapi-generator typed such a parameter as ``Any`` (``state``, an enum, lost its
+  values). An optional body is one a client may leave out (``required`` is false); declared
+  nullable as well, generated clients sent the absent body of a query-form ``POST /jobs``
+  as JSON, and openapi-python-client failed encoding it (its UNSET). The null alternative is
+  dropped from both; the server still takes a JSON ``null`` body as no body. (Declaring the
+  route's body without None, ``SkipJsonSchema[None]``, would make pydantic validate a real
+  union and name each error twice, once per alternative.)
 """
 
 from __future__ import annotations
@@ -18,6 +27,9 @@ from pydantic.json_schema import models_json_schema
 
 from jobq.api.models import Problem
 
+_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+_NULL = {"type": "null"}
+
 
 def install_openapi(app: FastAPI) -> None:
     """Make ``app.openapi()`` (and so ``/openapi.json`` and ``/docs``) return the corrected
@@ -28,10 +40,20 @@ def install_openapi(app: FastAPI) -> None:
             document = FastAPI.openapi(app)  # FastAPI's own build, which it keeps...
             app.openapi_schema = None  # ...but only the corrected document is kept
             _add_problem_schemas(document)
+            _not_null(document)
             app.openapi_schema = document
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented hook
+
+
+def _operations(document: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        operation
+        for item in document.get("paths", {}).values()
+        for method, operation in item.items()
+        if method in _METHODS
+    ]
 
 
 def _add_problem_schemas(document: dict[str, Any]) -> None:
@@ -41,3 +63,26 @@ def _add_problem_schemas(document: dict[str, Any]) -> None:
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for name, schema in top.get("$defs", {}).items():
         schemas.setdefault(name, schema)  # JobState, say, is there already, the same
+
+
+def _not_null(document: dict[str, Any]) -> None:
+    for operation in _operations(document):
+        for parameter in operation.get("parameters", []):
+            parameter["schema"] = _without_null(parameter.get("schema", {}))
+        body = operation.get("requestBody", {})
+        if not body.get("required", False):
+            for media in body.get("content", {}).values():
+                media["schema"] = _without_null(media.get("schema", {}))
+
+
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` without its ``null`` alternative, when it is "one thing or null"."""
+    variants = schema.get("anyOf")
+    if not isinstance(variants, list) or len(variants) != 2 or _NULL not in variants:
+        return schema
+    kept = next(v for v in variants if v != _NULL)
+    if "$ref" in kept:
+        # Keywords beside a $ref are ignored by some generators; a parameter carries its
+        # own description, and a body's title ("Body") says nothing.
+        return kept
+    return {**{k: v for k, v in schema.items() if k != "anyOf"}, **kept}

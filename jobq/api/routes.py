@@ -110,7 +110,7 @@ async def submit_job(
     caller: Enqueuer,
     response: Response,
     query: Annotated[EnqueueQuery, Query()],
-    body: Annotated[EnqueueRequest | None, Body()] = None,
+    body: Annotated[EnqueueRequest | None, Body()] = None,  # optional (jobq.api.openapi)
 ) -> JobOut:
     given_in_query = query.model_fields_set
     if body is not None and given_in_query:
