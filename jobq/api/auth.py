@@ -262,7 +262,9 @@ class Authenticator:
 
 _bearer = HTTPBearer(
     auto_error=False,
-    scheme_name="jobq API key",
+    # A component name: OpenAPI allows only [A-Za-z0-9._-] (openapi-generator refused "jobq
+    # API key"); the document makes it optional (jobq.api.openapi: open mode needs none).
+    scheme_name="jobqApiKey",
     description="`jobq keys create` prints a token; send it as `Authorization: Bearer <token>`.",
 )
 

@@ -7,6 +7,17 @@ FastAPI builds the document (``/openapi.json``) from the routes and models, once
   (``problems.problem_responses``), since FastAPI would put a response ``model`` under
   ``application/json``, which the server never sends for an error; FastAPI collects only the
   models named as ``model``, so the Problem schema and those it uses are added here.
+- **Security, optional and stated once.** Whether a request needs a key depends on the
+  database, not on the route, and it changes at run time: while no active key exists the API
+  is open (on loopback) and takes every request; once one exists every route but
+  ``/healthz`` needs ``Authorization: Bearer <token>`` (the first key closes an open API
+  within seconds, revoking the last one opens it). A document built once cannot follow
+  that, so it says what holds in both modes: a bearer token, or nothing (``{}``, the empty
+  requirement), with the 401 declared for when nothing is not enough. It says it at the top
+  level, ``/healthz`` opting out with ``security: []``, rather than on each operation:
+  openapi-python-client takes any requirement of an operation's own as mandatory, and its
+  functions then accept only an ``AuthenticatedClient``, whose token an open API never
+  issued. openapi-generator's clients send the token when they are given one, either way.
 - **Optional, not null.** FastAPI writes an optional parameter or body (``X | None = None``)
   as "X or null". A query string has no null: leaving the parameter out is how a client omits
   it, and openapi-generator typed such a parameter as ``Any`` (``state``, an enum, lost its
@@ -40,6 +51,7 @@ def install_openapi(app: FastAPI) -> None:
             document = FastAPI.openapi(app)  # FastAPI's own build, which it keeps...
             app.openapi_schema = None  # ...but only the corrected document is kept
             _add_problem_schemas(document)
+            _optional_security(document)
             _not_null(document)
             app.openapi_schema = document
         return app.openapi_schema
@@ -63,6 +75,20 @@ def _add_problem_schemas(document: dict[str, Any]) -> None:
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for name, schema in top.get("$defs", {}).items():
         schemas.setdefault(name, schema)  # JobState, say, is there already, the same
+
+
+def _optional_security(document: dict[str, Any]) -> None:
+    schemes = document.get("components", {}).get("securitySchemes", {})
+    if len(schemes) != 1:
+        return  # the one scheme is the API key; anything else is not this module's to say
+    key = {next(iter(schemes)): []}
+    document["security"] = [key, {}]
+    for operation in _operations(document):
+        own = operation.pop("security", None)
+        if own is None:
+            operation["security"] = []  # a route without the key's dependency: always open
+        elif own != [key]:
+            operation["security"] = own
 
 
 def _not_null(document: dict[str, Any]) -> None:
