@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import BeforeValidator
 
 from jobq.api.auth import Admin, Enqueuer, Reader
@@ -86,8 +87,16 @@ JobId = Annotated[
     int, BeforeValidator(_plain_digits), Path(ge=1, le=MAX_JOB_ID, description="The job's id.")
 ]
 
-jobs = APIRouter(prefix="/jobs", tags=["jobs"])
-monitoring = APIRouter(tags=["monitoring"])
+
+def _operation_id(route: APIRoute) -> str:
+    """The operationId, which names a generated client's function: the route function's name
+    (``submit_job``), unique in this API, where FastAPI's default repeats the path and method
+    (``submit_job_jobs_post``)."""
+    return route.name
+
+
+jobs = APIRouter(prefix="/jobs", tags=["jobs"], generate_unique_id_function=_operation_id)
+monitoring = APIRouter(tags=["monitoring"], generate_unique_id_function=_operation_id)
 
 
 @jobs.post(
