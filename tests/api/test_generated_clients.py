@@ -334,6 +334,11 @@ def test_openapi_generator_client_both_modes(
                 jobs.submit_job(enqueue_request=og.EnqueueRequest(task_type="nope"))
             assert isinstance(invalid.value.data, og.Problem)
             assert "echo" in invalid.value.data.known_task_types
+            with pytest.raises(og.exceptions.UnprocessableEntityException) as both:
+                jobs.submit_job(queue="default",
+                                enqueue_request=og.EnqueueRequest(task_type="echo"))
+            (error,) = both.value.data.errors  # a ValidationProblemItem; loc items str or int
+            assert [part.actual_instance for part in error.loc] == ["query", "queue"]
 
     with serve(create_app(settings=settings)) as http:
         exercise(og.Configuration(host=base_url(http)))  # open mode: no token
