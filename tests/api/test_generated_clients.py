@@ -26,6 +26,7 @@ import subprocess
 import sys
 import typing
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -64,7 +65,8 @@ def _generate(args: list[str]) -> None:
     assert out.returncode == 0, f"{args[:4]} failed:\n{out.stdout}\n{out.stderr}"
 
 
-def _import(folder: Path, package: str, *modules: str) -> Iterator[SimpleNamespace]:
+@contextmanager
+def imported(folder: Path, package: str, *modules: str) -> Iterator[SimpleNamespace]:
     """Import ``package`` (and ``package.<module>`` for each of ``modules``) from ``folder``;
     forget them again afterwards."""
     sys.path.insert(0, str(folder))
@@ -98,7 +100,8 @@ def pyclient(document: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     ])
     modules = ["models", *(f"api.jobs.{op}" for op in PY_OPERATIONS),
                "api.monitoring.stats", "api.monitoring.healthz"]
-    yield from _import(folder, "jobq_pyclient", *modules)
+    with imported(folder, "jobq_pyclient", *modules) as ns:
+        yield ns
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +114,7 @@ def ogclient(document: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "--output", str(folder), "--package-name", "jobq_ogclient",
         "--global-property", "apiTests=false,modelTests=false,apiDocs=false,modelDocs=false",
     ])
-    for ns in _import(folder, "jobq_ogclient"):
+    with imported(folder, "jobq_ogclient") as ns:
         yield ns.root
 
 
