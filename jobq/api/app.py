@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import jobq
-from jobq.api.auth import Authenticator, OpenApiGuard
+from jobq.api.auth import Authenticate, Authenticator, OpenApiGuard
 from jobq.api.problems import install_problem_handlers, problem_response
 from jobq.api.routes import jobs, monitoring
 from jobq.service import JobService
@@ -114,6 +114,8 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    # Outside BodyLimit, so that a request without a valid key is answered before its body.
+    app.add_middleware(Authenticate, routers=(jobs, monitoring))
     app.add_middleware(OpenApiGuard)  # added last, so it runs first
     install_problem_handlers(app)
     app.include_router(jobs)
