@@ -16,7 +16,7 @@ The rules, in the order a request meets them:
    per API process: ``JOBQ_RATE_LIMIT_PER_SECOND`` refill, ``JOBQ_RATE_LIMIT_BURST`` size).
 4. **403** when the key lacks the scope the route needs: ``read`` (GET /jobs, GET /jobs/{id},
    GET /stats), ``enqueue`` (POST /jobs, POST /jobs/batch), ``admin`` (cancel, retry; implies
-   the other two).
+   the other two). Also decided by :class:`Authenticate`, before the body.
 5. **404** for every job or queue outside the key's queues: such a job or queue does not exist
    for the key, whether it exists or not (the service applies this; see ``allowed_queues``).
 
@@ -381,6 +381,7 @@ def _needs(scope: str) -> Callable[[Caller], Awaitable[Caller]]:
         return caller
 
     dependency.__name__ = f"needs_{scope}"
+    dependency.required_scope = scope  # type: ignore[attr-defined]  # for Authenticate
     return dependency
 
 
@@ -396,47 +397,58 @@ Admin = Annotated[Caller, Depends(_needs(ADMIN))]
 
 
 class Authenticate:
-    """Decide the caller of every request to a route that needs one before anything reads
-    its body, so that a request without a valid key is answered (401, 429, 503) at once, its
-    body neither read nor parsed; the route's dependency then takes the decision from the
-    scope. The routes that need one are those of ``routers`` that depend on
-    ``current_caller``; requests to others (``/healthz``, the docs) or to no route (404, 405)
-    pass unchanged.
+    """Decide the caller of every request to a route that needs one, and check its scope,
+    before anything reads the body: a request without a valid key or the scope is answered
+    (401, 429, 403, 503) at once, its body neither read nor parsed. The route's dependency
+    then takes the caller from the scope. The routes that need one are those of ``routers``
+    that depend on ``current_caller``; requests to others (``/healthz``, the docs) or to no
+    route (404, 405) pass unchanged.
     """
 
     def __init__(self, app: ASGIApp, routers: Iterable[APIRouter]) -> None:
         self.app = app
         self.routes = [route for router in routers for route in router.routes
                        if isinstance(route, APIRoute)]
-        self._needs = {id(route): _depends_on(route.dependant, current_caller)
-                       for route in self.routes}
+        # id(route) -> (whether it needs a caller, the scopes its dependencies require)
+        self._needs = {id(route): _requirements(route.dependant) for route in self.routes}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._needs_caller(scope):
-            await self.app(scope, receive, send)
-            return
-        auth: Authenticator | None = getattr(scope["app"].state, "auth", None)
-        if auth is None:  # not started: the route's dependency says so
+        needs = self._route_needs(scope) if scope["type"] == "http" else None
+        auth: Authenticator | None = (
+            getattr(scope["app"].state, "auth", None) if needs is not None else None)
+        if needs is None or not needs[0] or auth is None:  # auth None: the dependency says
             await self.app(scope, receive, send)
             return
         request = Request(scope)
         try:
-            scope[CALLER_SCOPE_KEY] = await decide_caller(auth, request)
-        except JobqError as exc:  # Unauthorized, RateLimited, StoreUnavailable
+            caller = await decide_caller(auth, request)
+            for required in needs[1]:
+                caller.require(required)
+        except JobqError as exc:  # Unauthorized, RateLimited, Forbidden, StoreUnavailable
             response = await error_problem(request, exc)
             await response(scope, receive, send)
             return
+        scope[CALLER_SCOPE_KEY] = caller
         await self.app(scope, receive, send)
 
-    def _needs_caller(self, scope: Scope) -> bool:
+    def _route_needs(self, scope: Scope) -> tuple[bool, list[str]] | None:
         for route in self.routes:  # as the router does: the first full match is the route
             if route.matches(scope)[0] is Match.FULL:
                 return self._needs[id(route)]
-        return False
+        return None
 
 
-def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
-    return any(d.call is call or _depends_on(d, call) for d in dependant.dependencies)
+def _requirements(dependant: Dependant) -> tuple[bool, list[str]]:
+    needs_caller, scopes = False, []
+    for dep in dependant.dependencies:
+        if dep.call is current_caller:
+            needs_caller = True
+        if isinstance(getattr(dep.call, "required_scope", None), str):
+            scopes.append(dep.call.required_scope)  # type: ignore[union-attr]
+        inner_needs, inner_scopes = _requirements(dep)
+        needs_caller = needs_caller or inner_needs
+        scopes += inner_scopes
+    return needs_caller, scopes
 
 
 # -- open mode stays on loopback --------------------------------------------------------------

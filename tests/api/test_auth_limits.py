@@ -42,18 +42,23 @@ def status_without_body(port: int, extra_header: bytes) -> int:
 def test_a_request_without_a_valid_key_is_refused_before_its_body_is_read(
     settings: Settings, svc: JobService  # noqa: F811
 ) -> None:
-    make_key(svc, ["*"], ["admin"])
+    reader = make_key(svc, ["*"], ["read"])
     app = create_app(settings=tuned(settings, api_key_cache_seconds=0))
     with serve_on(app) as client:
         port = port_of(client)
         assert status_without_body(port, b"") == 401
         assert status_without_body(port, b"Authorization: Bearer " +
                                    str(new_token()).encode() + b"\r\n") == 401
+        # A valid key without the route's scope is refused as soon, with 403.
+        assert status_without_body(port, f"Authorization: Bearer {reader}\r\n".encode()) == 403
         # Nor is its body parsed: a malformed one gets a 401, not a 422.
         resp = client.post("/jobs", content=b'{"task_type": ',
                            headers={"Content-Type": "application/json"})
         problem(resp, 401, "urn:jobq:problem:unauthorized")
         assert resp.headers["www-authenticate"] == 'Bearer realm="jobq"'
+        resp = client.post("/jobs", content=b'{"task_type": ', headers={
+            "Content-Type": "application/json", **bearer(reader)})
+        assert problem(resp, 403, "urn:jobq:problem:forbidden")["required_scope"] == "enqueue"
     assert svc.list_jobs().items == []
 
 
