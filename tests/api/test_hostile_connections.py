@@ -38,11 +38,12 @@ def _healthy(port: int) -> bool:
 
 
 def start_api(procs: Procs, tmp_path: Path, *, command: str = "jobq",
-              fd_limit: int | None = None, **env: str) -> int:
+              fd_limit: int | None = None, hard: bool = False, **env: str) -> int:
     """Start an API server process on a free port; return the port once it answers.
 
     ``command``: ``jobq`` (`jobq api`), or ``uvicorn-h11`` (the brief's uvicorn command with
-    jobq's protocol over h11). ``fd_limit``: its soft limit on open files (``ulimit -Sn``).
+    jobq's protocol over h11). ``fd_limit``: its soft limit on open files (``ulimit -Sn``),
+    and its hard limit too when ``hard``.
     """
     port = free_port()
     if command == "jobq":
@@ -51,7 +52,8 @@ def start_api(procs: Procs, tmp_path: Path, *, command: str = "jobq",
         args = [sys.executable, "-m", "uvicorn", "api.main:app", "--port", str(port),
                 "--http", "jobq.api.protocol:BoundedH11Protocol"]
     if fd_limit is not None:
-        args = ["/bin/sh", "-c", f'ulimit -Sn {fd_limit} && exec "$0" "$@"', *args]
+        which = "-n" if hard else "-Sn"
+        args = ["/bin/sh", "-c", f'ulimit {which} {fd_limit} && exec "$0" "$@"', *args]
     environment = env_for(f"sqlite:///{tmp_path / 'jobq.db'}", JOBQ_LOG_LEVEL="warning", **env)
     procs.start(args, environment, "api")
     wait_for(lambda: _healthy(port), 60, "the API server")
@@ -223,3 +225,22 @@ def test_connections_past_the_cap_get_503_at_once_until_slow_ones_time_out(
         for sock in held:
             problem(read_answer(sock), 408)
     wait_for(lambda: get_healthz(port) == 200, PATIENCE, "a served client after the timeouts")
+
+
+def test_a_low_limit_on_open_files_lowers_the_cap_rather_than_run_out(
+    procs: Procs, tmp_path: Path
+) -> None:
+    # Hard limit 200 too: the 1000 connections of the default cap cannot fit. What the process
+    # keeps for itself (64, and 3 per pooled database connection: 60) leaves 76.
+    port = start_api(procs, tmp_path, fd_limit=200, hard=True)
+    assert "serving at most 76 connections per process" in procs.logs()
+    with ExitStack() as stack:
+        socks = [stack.enter_context(connect(port)) for _ in range(120)]
+        time.sleep(0.5)
+        refused = 0
+        for sock in socks[76:]:  # those past the cap were answered at once
+            answer = read_answer(sock)
+            assert answer is not None and answer[0] == 503, answer
+            refused += 1
+        assert refused == 44
+    wait_for(lambda: get_healthz(port) == 200, PATIENCE, "a served client after the closes")
