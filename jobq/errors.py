@@ -106,10 +106,11 @@ class Forbidden(JobqError):
 
 
 class RateLimited(JobqError):
-    """The key used up its request budget; it may try again after ``retry_after`` seconds."""
+    """The key used up its request budget, or the client address its budget of failed
+    authentications (``what`` says which); retry after ``retry_after`` seconds (HTTP 429)."""
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"too many requests for this API key; retry after {retry_after} s")
+    def __init__(self, retry_after: int, what: str = "requests for this API key") -> None:
+        super().__init__(f"too many {what}; retry after {retry_after} s")
         self.retry_after = retry_after
 
 

@@ -116,6 +116,34 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(
         200, ge=1, le=10_000_000, description="Requests an API key may make at once."
     )
+    api_max_header_bytes: int = Field(
+        32 * 1024, ge=1024, le=1024 * 1024,
+        description="Largest request line plus headers the API reads; past it, 431.",
+    )
+    api_header_timeout_seconds: float = Field(
+        10.0, gt=0, le=3600,
+        description="Time a connection has to send a request's line and headers, from its "
+        "opening (or from the request's first byte); past it, 408 and the connection closes.",
+    )
+    api_body_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600,
+        description="Time a request's body has to arrive after its headers; past it, 408 "
+        "and the connection closes.",
+    )
+    api_max_connections: int = Field(
+        1000, ge=1, le=1_000_000,
+        description="Open connections per API process; past it, 503 at once. Lowered to "
+        "fit the limit on open files (ulimit -n), which is raised where it can be.",
+    )
+    auth_failures_per_second: float = Field(
+        1.0, ge=0, le=1_000_000,
+        description="Failed authentications (401) a client address may make per second and "
+        "API process, after its burst (0: no limit); past it, 429 before any lookup.",
+    )
+    auth_failure_burst: int = Field(
+        20, ge=1, le=1_000_000, description="Failed authentications a client address may "
+        "make at once.",
+    )
     batch_max_jobs: int = Field(
         1000, ge=1, le=100_000, description="Most jobs one `POST /jobs/batch` may submit."
     )

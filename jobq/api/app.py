@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import jobq
-from jobq.api.auth import Authenticator, OpenApiGuard
+from jobq.api.auth import Authenticate, Authenticator, OpenApiGuard
 from jobq.api.guards import RequestGuard, Rules
 from jobq.api.openapi import install_openapi
 from jobq.api.problems import install_problem_handlers, problem_response
@@ -120,6 +120,8 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
         redirect_slashes=False,
     )
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    # Outside BodyLimit, so that a request without a valid key is answered before its body.
+    app.add_middleware(Authenticate, routers=(jobs, monitoring))
     app.add_middleware(OpenApiGuard)
     app.add_middleware(RequestGuard)  # added last, so it runs first: Host, Origin, framing
     install_problem_handlers(app)

@@ -8,11 +8,15 @@ The rules, in the order a request meets them:
    Creating the first key closes the API within ``JOBQ_API_KEY_CACHE_SECONDS``.
 2. **401** when keys exist and the request has no ``Authorization: Bearer <token>``, or its
    token is malformed, unknown or revoked; always with ``WWW-Authenticate: Bearer realm="jobq"``.
+   Decided by :class:`Authenticate` before the body is read. Each 401 spends from the client
+   address's budget of failures (a token bucket per address and API process:
+   ``JOBQ_AUTH_FAILURES_PER_SECOND`` refill, ``JOBQ_AUTH_FAILURE_BURST`` size); an address
+   that has spent it gets **429** with ``Retry-After`` before its token is looked at.
 3. **429** with ``Retry-After`` when the key has spent its budget (a token bucket per key and
    per API process: ``JOBQ_RATE_LIMIT_PER_SECOND`` refill, ``JOBQ_RATE_LIMIT_BURST`` size).
 4. **403** when the key lacks the scope the route needs: ``read`` (GET /jobs, GET /jobs/{id},
    GET /stats), ``enqueue`` (POST /jobs, POST /jobs/batch), ``admin`` (cancel, retry; implies
-   the other two).
+   the other two). Also decided by :class:`Authenticate`, before the body.
 5. **404** for every job or queue outside the key's queues: such a job or queue does not exist
    for the key, whether it exists or not (the service applies this; see ``allowed_queues``).
 
@@ -29,17 +33,20 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from jobq.api.problems import RETRY_AFTER_SECONDS, problem_response
-from jobq.errors import Forbidden, RateLimited, StoreUnavailable, Unauthorized
+from jobq.api.problems import RETRY_AFTER_SECONDS, error_problem, problem_response
+from jobq.errors import Forbidden, JobqError, RateLimited, StoreUnavailable, Unauthorized
 from jobq.keys import ADMIN, ENQUEUE, READ, ApiKey, parse_token
 from jobq.service import JobService
 
@@ -47,6 +54,10 @@ log = logging.getLogger("jobq.api")
 
 #: Most key lookups an API process remembers; beyond it, the cache is emptied.
 MAX_CACHED_KEYS = 10_000
+
+#: Most client addresses whose failed authentications an API process counts; beyond it, the
+#: one counted least recently is forgotten (its bucket has most likely refilled anyway).
+MAX_CLIENTS_COUNTED = 10_000
 
 Clock = Callable[[], float]
 
@@ -95,31 +106,68 @@ class Caller:
 
 
 class RateLimiter:
-    """A token bucket per key: ``burst`` requests at once, refilled at ``per_second``.
+    """A token bucket per key (an API key's id, a client address): ``burst`` requests at once,
+    refilled at ``per_second``; ``max_keys`` bounds how many keys it holds.
 
     In memory, so per API process: with N API processes a key gets N times the rate.
     """
 
-    def __init__(self, per_second: float, burst: int, clock: Clock = time.monotonic) -> None:
+    def __init__(self, per_second: float, burst: int, clock: Clock = time.monotonic,
+                 max_keys: int | None = None) -> None:
         self.per_second = per_second
         self.burst = float(burst)
         self.clock = clock
-        self._buckets: dict[int, tuple[float, float]] = {}  # key id -> (tokens, when)
+        self.max_keys = max_keys
+        # key -> (tokens, when), least recently spent first
+        self._buckets: dict[Hashable, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def take(self, key_id: int) -> int | None:
+    def take(self, key: Hashable) -> int | None:
         """Spend one request; None when allowed, else the whole seconds to wait."""
+        return self._spend(key, spend=True)
+
+    def wait(self, key: Hashable) -> int | None:
+        """The whole seconds until ``key`` may spend one request (None: now); spends nothing."""
+        return self._spend(key, spend=False)
+
+    def _spend(self, key: Hashable, *, spend: bool) -> int | None:
         if self.per_second <= 0:
             return None
         now = self.clock()
         with self._lock:
-            tokens, then = self._buckets.get(key_id, (self.burst, now))
+            tokens, then = self._buckets.get(key, (self.burst, now))
             tokens = min(self.burst, tokens + (now - then) * self.per_second)
-            if tokens >= 1:
-                self._buckets[key_id] = (tokens - 1, now)
+            if tokens >= 1 and not spend:
                 return None
-            self._buckets[key_id] = (tokens, now)
+            allowed = tokens >= 1
+            if allowed:
+                tokens -= 1
+            self._buckets.pop(key, None)  # re-inserted last: the dict stays in order of use
+            self._buckets[key] = (tokens, now)
+            while self.max_keys is not None and len(self._buckets) > self.max_keys:
+                del self._buckets[next(iter(self._buckets))]
+        if allowed:
+            return None
         return max(1, math.ceil((1 - tokens) / self.per_second))
+
+
+def client_key(scope: Scope) -> Hashable | None:
+    """Who a request's failed authentications are counted against: its client's IPv4
+    address, or the /64 network of an IPv6 one (one host commonly holds a whole /64); None
+    when the client address is unknown (a Unix socket), whose failures are not counted."""
+    client: Any = scope.get("client")
+    if not client or not isinstance(client[0], str):
+        return None
+    host = client[0]
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class Authenticator:
@@ -133,6 +181,10 @@ class Authenticator:
         self.clock = clock
         self.limiter = RateLimiter(
             settings.rate_limit_per_second, settings.rate_limit_burst, clock
+        )
+        self.failures = RateLimiter(
+            settings.auth_failures_per_second, settings.auth_failure_burst, clock,
+            max_keys=MAX_CLIENTS_COUNTED,
         )
         self._lock = threading.Lock()
         self._configured: tuple[float, bool] | None = None  # (valid until, answer)
@@ -184,22 +236,41 @@ class Authenticator:
 
     # -- the decision -------------------------------------------------------------------------
 
-    def caller(self, token: str | None, *, header_given: bool) -> Caller:
-        """The caller of a request with ``token`` (None: no bearer token).
+    def caller(self, token: str | None, *, header_given: bool,
+               client: Hashable | None = None) -> Caller:
+        """The caller of a request with ``token`` (None: no bearer token) from ``client``
+        (see ``client_key``; None: failures not counted).
 
         Raises Unauthorized (401), RateLimited (429) or StoreUnavailable (503).
         """
-        decided = self._decide(token, header_given, memory_only=False)
+        decided = self._decide(token, header_given, client, memory_only=False)
         assert decided is not None
         return decided
 
-    def caller_from_memory(self, token: str | None, *, header_given: bool) -> Caller | None:
+    def caller_from_memory(self, token: str | None, *, header_given: bool,
+                           client: Hashable | None = None) -> Caller | None:
         """``caller``, decided from what is remembered alone, never waiting on the database
         (so it may run on the event loop); None when the database must be asked."""
-        return self._decide(token, header_given, memory_only=True)
+        return self._decide(token, header_given, client, memory_only=True)
 
-    def _decide(self, token: str | None, header_given: bool, *,
+    def _decide(self, token: str | None, header_given: bool, client: Hashable | None, *,
                 memory_only: bool) -> Caller | None:
+        if client is not None:
+            # First, so that an address that keeps failing costs no lookup at all.
+            wait = self.failures.wait(client)
+            if wait is not None:
+                raise RateLimited(wait, "failed authentications from this address")
+        try:
+            return self._authenticate(token, header_given, memory_only=memory_only)
+        except Unauthorized:
+            # Raised once per request: the pass from memory returns None rather than raise
+            # when it would need the database.
+            if client is not None:
+                self.failures.take(client)
+            raise
+
+    def _authenticate(self, token: str | None, header_given: bool, *,
+                      memory_only: bool) -> Caller | None:
         configured = self._keys_configured(memory_only=memory_only)
         if configured is None:
             return None
@@ -276,19 +347,34 @@ def get_authenticator(request: Request) -> Authenticator:
     return auth
 
 
+#: Where :class:`Authenticate` leaves the caller it decided, in the request's ASGI scope.
+CALLER_SCOPE_KEY = "jobq.caller"
+
+
+async def decide_caller(auth: Authenticator, request: Request) -> Caller:
+    """The request's caller: decided on the event loop when the remembered answers suffice
+    (nearly every request), in the threadpool when the database must be asked."""
+    credentials = await _bearer(request)
+    token = credentials.credentials if credentials is not None else None
+    given = "authorization" in request.headers
+    client = client_key(request.scope)
+    caller = auth.caller_from_memory(token, header_given=given, client=client)
+    if caller is not None:
+        return caller
+    return await run_in_threadpool(
+        functools.partial(auth.caller, token, header_given=given, client=client))
+
+
 async def current_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    """The request's caller: decided on the event loop when the remembered answers suffice
-    (nearly every request), in the threadpool when the database must be asked."""
-    auth = get_authenticator(request)
-    token = credentials.credentials if credentials is not None else None
-    given = "authorization" in request.headers
-    caller = auth.caller_from_memory(token, header_given=given)
-    if caller is not None:
-        return caller
-    return await run_in_threadpool(functools.partial(auth.caller, token, header_given=given))
+    """The request's caller, as :class:`Authenticate` decided it before the body was read
+    (``credentials`` is here for the OpenAPI document's security scheme)."""
+    decided = request.scope.get(CALLER_SCOPE_KEY)
+    if isinstance(decided, Caller):
+        return decided
+    return await decide_caller(get_authenticator(request), request)
 
 
 def _needs(scope: str) -> Callable[[Caller], Awaitable[Caller]]:
@@ -297,6 +383,7 @@ def _needs(scope: str) -> Callable[[Caller], Awaitable[Caller]]:
         return caller
 
     dependency.__name__ = f"needs_{scope}"
+    dependency.required_scope = scope  # type: ignore[attr-defined]  # for Authenticate
     return dependency
 
 
@@ -306,6 +393,64 @@ Reader = Annotated[Caller, Depends(_needs(READ))]
 Enqueuer = Annotated[Caller, Depends(_needs(ENQUEUE))]
 #: A caller allowed to cancel and retry jobs of its queues.
 Admin = Annotated[Caller, Depends(_needs(ADMIN))]
+
+
+# -- authentication before the body ----------------------------------------------------------
+
+
+class Authenticate:
+    """Decide the caller of every request to a route that needs one, and check its scope,
+    before anything reads the body: a request without a valid key or the scope is answered
+    (401, 429, 403, 503) at once, its body neither read nor parsed. The route's dependency
+    then takes the caller from the scope. The routes that need one are those of ``routers``
+    that depend on ``current_caller``; requests to others (``/healthz``, the docs) or to no
+    route (404, 405) pass unchanged.
+    """
+
+    def __init__(self, app: ASGIApp, routers: Iterable[APIRouter]) -> None:
+        self.app = app
+        self.routes = [route for router in routers for route in router.routes
+                       if isinstance(route, APIRoute)]
+        # id(route) -> (whether it needs a caller, the scopes its dependencies require)
+        self._needs = {id(route): _requirements(route.dependant) for route in self.routes}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        needs = self._route_needs(scope) if scope["type"] == "http" else None
+        auth: Authenticator | None = (
+            getattr(scope["app"].state, "auth", None) if needs is not None else None)
+        if needs is None or not needs[0] or auth is None:  # auth None: the dependency says
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        try:
+            caller = await decide_caller(auth, request)
+            for required in needs[1]:
+                caller.require(required)
+        except JobqError as exc:  # Unauthorized, RateLimited, Forbidden, StoreUnavailable
+            response = await error_problem(request, exc)
+            await response(scope, receive, send)
+            return
+        scope[CALLER_SCOPE_KEY] = caller
+        await self.app(scope, receive, send)
+
+    def _route_needs(self, scope: Scope) -> tuple[bool, list[str]] | None:
+        for route in self.routes:  # as the router does: the first full match is the route
+            if route.matches(scope)[0] is Match.FULL:
+                return self._needs[id(route)]
+        return None
+
+
+def _requirements(dependant: Dependant) -> tuple[bool, list[str]]:
+    needs_caller, scopes = False, []
+    for dep in dependant.dependencies:
+        if dep.call is current_caller:
+            needs_caller = True
+        if isinstance(getattr(dep.call, "required_scope", None), str):
+            scopes.append(dep.call.required_scope)  # type: ignore[union-attr]
+        inner_needs, inner_scopes = _requirements(dep)
+        needs_caller = needs_caller or inner_needs
+        scopes += inner_scopes
+    return needs_caller, scopes
 
 
 # -- open mode stays on loopback --------------------------------------------------------------

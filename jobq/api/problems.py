@@ -195,6 +195,12 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def error_problem(request: Request, exc: JobqError) -> JSONResponse:
+    """The problem for a domain error raised where the exception handlers do not reach (in a
+    middleware that runs before the app's routing)."""
+    return await _domain_error(request, exc)
+
+
 def _loc_text(loc: tuple[Any, ...] | list[Any]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in {"body", "query", "path", "header", "cookie"} and len(parts) > 1:

@@ -57,12 +57,21 @@ def serve_api(settings: Settings) -> int:
         print(f"jobq: {exc}", file=sys.stderr, flush=True)
         return 2 if isinstance(exc, ConfigError) else 1
 
+    from jobq.api import protocol
+
+    # Bounds on request heads, slow clients and connections (see jobq.api.protocol), whatever
+    # parser is installed; here first, so that the open-files limit it may raise is inherited
+    # by the processes of --processes N, which read the same limits from the environment.
+    protocol.configure(settings)
     common: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         # Let in-flight requests finish on SIGTERM, but never hang a stop for long.
         timeout_graceful_shutdown=10,
+        http="jobq.api.protocol:HttpProtocol",
+        # No route speaks WebSocket: an upgrade request stays plain HTTP, under those bounds.
+        ws="none",
     )
     if settings.api_processes == 1:
         uvicorn.run(create_app(settings), **common)

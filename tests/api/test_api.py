@@ -55,7 +55,8 @@ def serve(app: FastAPI) -> Iterator[httpx.Client]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5,
+                       http="jobq.api.protocol:HttpProtocol")
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

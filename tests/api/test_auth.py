@@ -79,7 +79,8 @@ def serve_on(app: FastAPI, host: str = "127.0.0.1") -> Iterator[httpx.Client]:
     sock.bind((host, 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5,
+                       http="jobq.api.protocol:HttpProtocol")
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -104,8 +105,11 @@ def serve_on(app: FastAPI, host: str = "127.0.0.1") -> Iterator[httpx.Client]:
 @pytest.fixture
 def api(settings: Settings, svc: JobService) -> Iterator[httpx.Client]:
     """A server that reads keys afresh on every request, so tests may add keys after it starts
-    (the tests of the cache bound start their own servers)."""
-    with serve_on(create_app(settings=tuned(settings, api_key_cache_seconds=0))) as client:
+    (the tests of the cache bound start their own servers), and that does not limit failed
+    authentications, which some tests make dozens of (the limit's tests start their own)."""
+    app = create_app(settings=tuned(settings, api_key_cache_seconds=0,
+                                    auth_failures_per_second=0))
+    with serve_on(app) as client:
         yield client
 
 
