@@ -67,14 +67,17 @@ BEARER_CHALLENGE = 'Bearer realm="jobq"'
 
 #: The statuses each route may answer with a problem, for the OpenAPI document.
 _DESCRIPTIONS = {
-    400: "The request body could not be read.",
+    400: "The request body could not be read, the Host header names a host the API does not "
+         "answer to (`JOBQ_ALLOWED_HOSTS`), or two Authorization headers were sent.",
     401: "No valid API key: send `Authorization: Bearer <token>`.",
-    403: "The API key lacks the scope this request needs.",
+    403: "The API key lacks the scope this request needs, or a state-changing request came "
+         "from a web page of another origin (`JOBQ_ALLOWED_ORIGINS`).",
     404: "No such job, or a job or queue outside the API key's queues.",
     409: "The job's state or the idempotency key forbids this request.",
     413: "The request body is too large.",
     422: "The request is invalid; `errors` lists each problem with its location.",
-    429: "The API key made too many requests; retry after `Retry-After` seconds.",
+    429: "The API key made too many requests, or this client address too many failed "
+         "authentications; retry after `Retry-After` seconds.",
     503: "The database is unavailable; retry after `Retry-After` seconds.",
 }
 

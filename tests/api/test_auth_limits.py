@@ -28,7 +28,7 @@ def port_of(client: httpx.Client) -> int:
 def status_without_body(port: int, extra_header: bytes) -> int:
     """Send the head of a POST announcing a 1 MB body, and no body; the answer's status."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 1000000\r\n" + extra_header + b"\r\n")
         data = b""
         while b"\r\n" not in data:

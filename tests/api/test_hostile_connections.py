@@ -120,7 +120,7 @@ def test_a_huge_head_is_refused_at_once_and_stalls_no_one(
     limit = 32 * 1024  # JOBQ_API_MAX_HEADER_BYTES's default
     # A header of up to 16 MiB, sent as a client that stops once it is answered.
     with connect(port) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: ")
         sent, answered = 0, False
         while sent < 16 * 2**20:
             if select.select([sock], [], [], 0)[0]:
@@ -138,7 +138,7 @@ def test_a_huge_head_is_refused_at_once_and_stalls_no_one(
         # The server is not busy with it: others are served meanwhile.
         assert get_healthz(port) == 200
     # A request line alone past the limit, and a head of many small headers, alike.
-    for head in (b"GET /" + b"a" * limit + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    for head in (b"GET /" + b"a" * limit + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
                  b"GET /healthz HTTP/1.1\r\n" + b"X-A: b\r\n" * (limit // 8 + 1) + b"\r\n"):
         with connect(port) as sock:
             sock.sendall(head)
@@ -146,7 +146,8 @@ def test_a_huge_head_is_refused_at_once_and_stalls_no_one(
     # Just under the limit is fine.
     with connect(port) as sock:
         pad = limit - 200
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * pad + b"\r\n\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Pad: " + b"a" * pad
+                     + b"\r\n\r\n")
         answer = read_answer(sock)
         assert answer is not None and answer[0] == 200, answer
 
@@ -162,10 +163,10 @@ def test_incomplete_heads_and_bodies_time_out_with_408(
                      JOBQ_API_BODY_TIMEOUT_SECONDS="1")
     started = time.monotonic()
     with connect(port) as silent, connect(port) as trickle, connect(port) as slow_body:
-        slow_body.sendall(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                          b"\r\nContent-Length: 100\r\n\r\n{")
+        slow_body.sendall(b"POST /jobs HTTP/1.1\r\nHost: localhost\r\n"
+                          b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
         # A head sent a byte at a time, each well within any per-read timeout.
-        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n":
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n":
             trickle.sendall(bytes([byte]))
             if select.select([trickle], [], [], 0.05)[0]:
                 break
@@ -179,7 +180,7 @@ def test_incomplete_heads_and_bodies_time_out_with_408(
     # is served: the deadline runs from a request's first byte.
     with connect(port) as sock:
         for _ in range(2):
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             answer = read_answer(sock)
             assert answer is not None and answer[0] == 200, answer
             time.sleep(0.7)
@@ -196,7 +197,7 @@ def test_hundreds_of_slow_connections_leave_normal_clients_served(
         for i in range(400):  # half silent, half stuck halfway through their heads
             sock = stack.enter_context(connect(port))
             if i % 2:
-                sock.sendall(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Le")
+                sock.sendall(b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Le")
         started = time.monotonic()
         codes = [get_healthz(port) for _ in range(20)]
         assert codes == [200] * 20
@@ -218,7 +219,7 @@ def test_connections_past_the_cap_get_503_at_once_until_slow_ones_time_out(
             assert "20" in doc["detail"]
         # ... with Retry-After, and a request already sent still gets the answer.
         with connect(port) as extra:
-            extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             answer = read_answer(extra)
             assert answer is not None and answer[0] == 503 and answer[1]["retry-after"]
         # The silent ones are closed at their deadline; then clients are served again.
