@@ -14,6 +14,7 @@ from jobq.harness.databases import (
     with_database,
     with_server,
 )
+from jobq.harness.pgcluster import PgCluster, pg_bin
 from jobq.harness.procs import (
     Cluster,
     Proc,
@@ -25,6 +26,6 @@ from jobq.harness.procs import (
 )
 
 __all__ = [
-    "Cluster", "PgDatabases", "Proc", "Processes", "child_env", "drop_sqlite", "free_port",
+    "Cluster", "PgCluster", "PgDatabases", "pg_bin", "Proc", "Processes", "child_env", "drop_sqlite", "free_port",
     "redact", "server_address", "wait_for", "wait_until", "with_database", "with_server",
 ]
