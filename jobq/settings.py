@@ -80,7 +80,26 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(10, ge=1, le=200, description="Connections kept per process.")
     db_max_overflow: int = Field(10, ge=0, le=200, description="Extra connections under load.")
     db_timeout_seconds: float = Field(
-        10.0, gt=0, le=600, description="Pool wait and SQLite busy timeout."
+        10.0, gt=0, le=600, description="Pool wait, connect timeout and SQLite busy timeout."
+    )
+    db_network_timeout_seconds: float = Field(
+        10.0, ge=1, le=600,
+        description="PostgreSQL: how long a connection may leave data unacknowledged or go "
+        "silent before it counts as dead (TCP user timeout and keepalives). A call cut off "
+        "by a partition fails within about this time instead of hanging for the kernel's "
+        "two hours.",
+    )
+    db_statement_timeout_seconds: float = Field(
+        30.0, ge=0, le=86400,
+        description="PostgreSQL: longest a statement of jobq may run, lock waits included "
+        "(statement_timeout of its sessions; 0: no limit). Migrations lift it.",
+    )
+    db_idle_in_transaction_seconds: float = Field(
+        10.0, ge=0, le=86400,
+        description="PostgreSQL: how long a session of jobq may sit idle inside a "
+        "transaction before the server aborts it (idle_in_transaction_session_timeout; 0: "
+        "never). A client cut off or frozen mid-transaction holds its rows no longer; keep "
+        "it below JOBQ_LEASE_SECONDS, or rescue of that client's jobs waits for it.",
     )
     api_processes: int = Field(
         1, ge=1, le=64, description="API server processes behind the one port of `jobq api` "

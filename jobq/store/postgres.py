@@ -111,18 +111,19 @@ class Postgres:
             connect_args={
                 "connect_timeout": max(1, int(settings.db_timeout_seconds)),
                 "application_name": "jobq",
+                **network_deadlines(settings.db_network_timeout_seconds),
             },
         )
 
         _ping_when_idle(engine)
+        session = session_settings(settings)
 
         @event.listens_for(engine, "connect")
-        def _utc_session(dbapi_conn: Any, _record: Any) -> None:
-            # Timestamps then arrive in UTC and need no conversion (tables.Timestamp). Only
-            # how they are shown changes; a session that somehow is not in UTC still reads
-            # right.
+        def _set_up_session(dbapi_conn: Any, _record: Any) -> None:
+            # One round trip for all of them (set_config, not one SET each).
             with dbapi_conn.cursor() as cur:
-                cur.execute("SET TIME ZONE 'UTC'")
+                cur.execute("SELECT " + ", ".join("set_config(%s, %s, false)" for _ in session),
+                            [x for item in session.items() for x in item])
             dbapi_conn.commit()
 
         return engine
@@ -223,6 +224,9 @@ class Postgres:
         return None if dsn is None else listen(dsn, queues, wake)
 
     def lock_for_migration(self, conn: Connection) -> None:
+        # A migration may rewrite a large table, and a latecomer waits for the first one
+        # to finish: neither is bounded by the session's statement_timeout.
+        conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
 
     def rebuilding_tables(self, conn: Connection) -> AbstractContextManager[None]:
@@ -243,6 +247,44 @@ class Postgres:
         return {name: conn.exec_driver_sql(f"SHOW {name}").scalar()
                 for name in ("server_version", "fsync", "synchronous_commit",
                              "shared_buffers", "wal_level", "max_connections")}
+
+
+def network_deadlines(seconds: float) -> dict[str, int]:
+    """libpq's options that bound how long a dead peer can keep a call waiting.
+
+    A partition leaves a socket with nothing to read and, if a request was in flight, data
+    never acknowledged. The TCP user timeout fails the connection when sent data goes
+    unacknowledged that long; keepalives probe a silent connection after a third of it, and
+    with the user timeout set the kernel gives up on them after the same time. Without these
+    a call cut off by a partition waits for the kernel's retransmissions (about 15 minutes)
+    or its keepalive (two hours), and holds a worker thread all along.
+    """
+    whole = max(1, int(seconds))
+    return {
+        "keepalives": 1,
+        "keepalives_idle": max(1, whole // 3),
+        "keepalives_interval": max(1, whole // 6),
+        "keepalives_count": 3,
+        "tcp_user_timeout": whole * 1000,
+    }
+
+
+def session_settings(settings: Settings) -> dict[str, str]:
+    """What every session of jobq sets on the server when it connects.
+
+    Timestamps arrive in UTC and need no conversion (tables.Timestamp); a session that is not
+    in UTC (one behind a transaction pooler that got another client's server connection)
+    still reads right, only how they are shown changes. The two timeouts are the server's
+    side of the deadlines: a client that vanished mid-transaction (a partition, a frozen
+    process) would otherwise hold its row locks until the server's keepalive notices, two
+    hours later, and rescue skips locked rows.
+    """
+    return {
+        "TimeZone": "UTC",
+        "statement_timeout": f"{int(settings.db_statement_timeout_seconds * 1000)}ms",
+        "idle_in_transaction_session_timeout":
+            f"{int(settings.db_idle_in_transaction_seconds * 1000)}ms",
+    }
 
 
 #: A pooled connection idle for longer than this is tested before it is handed out.

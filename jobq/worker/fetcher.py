@@ -9,6 +9,7 @@ or, when the queue looked empty, a poll interval passes.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,18 +43,19 @@ class Fetcher:
             # Full: wait for a slot rather than poll.
             await sleep(self.settings.poll_interval_seconds, wake)
             return 0.0
+        sent = time.monotonic()
         claimed = await self.db.call(
             self.store.claim, self.worker_id, self.queues, free, self.settings.lease_seconds
         )
         for c in claimed:
-            self.start(c)
+            self.start(c, sent)
         if len(claimed) < free:
             # The queue is (for now) empty: poll again later, sooner when woken.
             await sleep(jittered(self.settings.poll_interval_seconds), wake)
         return 0.0
 
-    def start(self, claimed: ClaimedJob) -> Running:
-        running = self.slots.add(claimed)
+    def start(self, claimed: ClaimedJob, sent: float) -> Running:
+        running = self.slots.add(claimed, sent)
         running.task = asyncio.create_task(self._work(running), name=f"job-{claimed.job.id}")
         return running
 

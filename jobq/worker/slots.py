@@ -20,6 +20,10 @@ log = logging.getLogger("jobq.worker")
 @dataclass
 class Running:
     claimed: ClaimedJob
+    #: By this process's monotonic clock, a moment no later than the start of the lease's
+    #: current term: when the claim, or the last heartbeat that renewed it, was sent. The
+    #: lease runs at least until then plus its length (the server started it later).
+    renewed_from: float
     task: asyncio.Task[None] | None = None
     lost: bool = False  # the lease is gone: the outcome must not be written
     released: bool = False  # given back at shutdown
@@ -103,8 +107,8 @@ class Slots:
         backlog = max(0, len(self.outbox) - self.concurrency)
         return self.concurrency - len(self._running) - backlog
 
-    def add(self, claimed: ClaimedJob) -> Running:
-        running = Running(claimed)
+    def add(self, claimed: ClaimedJob, sent: float) -> Running:
+        running = Running(claimed, sent)
         self._running[claimed.lease.token] = running
         return running
 
@@ -124,6 +128,13 @@ class Slots:
             log.warning("job %s: %s; stopping its handler", running.claimed.job.id, why)
             if running.task is not None:
                 running.task.cancel()
+
+    def renewed(self, tokens: Collection[str], sent: float) -> None:
+        """A heartbeat sent at ``sent`` renewed the leases of ``tokens``."""
+        for token in tokens:
+            running = self._running.get(token)
+            if running is not None:
+                running.renewed_from = max(running.renewed_from, sent)
 
     def running(self) -> list[Running]:
         return list(self._running.values())

@@ -137,6 +137,7 @@ class Worker:
             side.append(listener)
         if self.settings.heartbeat_enabled:
             side.append(asyncio.create_task(run_loop("heartbeat", self.heartbeat.beat, until)))
+            side.append(asyncio.create_task(run_loop("fence", self.heartbeat.fence, until)))
         else:
             log.warning("heartbeats are OFF (JOBQ_HEARTBEAT_ENABLED=false): long jobs will be "
                         "rescued while they run; use this only to test jobq itself")

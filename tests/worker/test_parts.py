@@ -9,11 +9,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import func, update
 
 from jobq.errors import StoreUnavailable
 from jobq.registry import TaskRegistry
 from jobq.settings import Settings, load_settings
 from jobq.store import SqlStore
+from jobq.store.tables import workers
 from jobq.types import AttemptOutcome, JobState
 from jobq.worker import Worker
 from jobq.worker.loop import run_loop
@@ -188,6 +190,42 @@ def test_the_heartbeat_leaves_an_outcome_being_written_to_its_fenced_write(
 
     run(store, fast, test)
     assert store.get(job.id).state is JobState.CANCELLED
+
+
+def test_a_worker_whose_heartbeats_hang_stops_its_handler_before_its_lease_can_expire(
+    store: SqlStore, fast: Settings
+) -> None:
+    """Self-fencing by the worker's own clock: its beats hang (another session holds its
+    worker row, as a partition leaves a call waiting with no answer), and the handler is
+    stopped within the lease, before anyone could have rescued the job; a beat that gets
+    through again renews what is left."""
+    job = enqueue(store, task_type="hold")
+    lease = fast.lease_seconds
+
+    async def test(worker: Worker) -> None:
+        await worker._register()
+        await worker.fetcher.fetch()
+        (running,) = worker.slots.running()
+        claimed_at = running.renewed_from
+        until = asyncio.Event()
+        with store.engine.connect() as holder, holder.begin():
+            holder.execute(update(workers).where(workers.c.id == worker.worker_id)
+                           .values(last_heartbeat_at=func.now()))
+            loops = [asyncio.create_task(run_loop(name, body, until)) for name, body in
+                     (("heartbeat", worker.heartbeat.beat), ("fence", worker.heartbeat.fence))]
+            while not running.lost:
+                assert time.monotonic() < claimed_at + lease, "still running past its lease"
+                await asyncio.sleep(0.02)
+            stopped_at = time.monotonic()
+            await settled(worker)
+        assert job.id in cancelled, "the handler was not stopped"
+        assert stopped_at > claimed_at + lease - 1.0, "stopped long before it had to be"
+        until.set()
+        await asyncio.wait_for(asyncio.gather(*loops), 15)
+
+    run(store, fast, test)
+    # Nothing of the stopped handler was written; the job waits for rescue.
+    assert store.get(job.id).state is JobState.RUNNING
 
 
 def test_a_graceful_stop_releases_an_unfinished_job_without_charging_it(
