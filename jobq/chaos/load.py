@@ -7,7 +7,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +28,14 @@ class LoadGen:
     is a bug; a 503 must carry Retry-After.
     """
 
-    def __init__(self, api_url: str, clients: int, make_job: Callable[[int], dict[str, Any]],
-                 total: int, deadline_s: float = 240, run_id: str | None = None) -> None:
-        self.api_url = api_url
+    def __init__(self, api_url: str | Sequence[str], clients: int,
+                 make_job: Callable[[int], dict[str, Any]], total: int, deadline_s: float = 240,
+                 run_id: str | None = None, timeout: float = 10, pace: float = 0) -> None:
+        # Several API replicas: each job starts on one of them, and a request that fails to
+        # get an answer is tried on the next (the idempotency key makes that safe).
+        self.api_urls = [api_url] if isinstance(api_url, str) else list(api_url)
+        self.timeout = timeout
+        self.pace = pace  # each client's pause between jobs: a load spread over time
         self.clients = clients
         self.make_job = make_job
         self.total = total
@@ -70,23 +75,26 @@ class LoadGen:
             return self._next - 1
 
     def _client(self) -> None:
-        with httpx.Client(timeout=10) as client:
+        with httpx.Client(timeout=self.timeout) as client:
             while time.monotonic() < self.deadline:
                 i = self._take()
                 if i is None:
                     return
                 self._submit(client, i)
+                time.sleep(self.pace)
 
     def _submit(self, client: httpx.Client, i: int) -> None:
         sub = self.submissions[i]
         body = {**self.make_job(i), "idempotency_key": sub.key}
         acked_before = False
+        replica = i % len(self.api_urls)
         while time.monotonic() < self.deadline:
             try:
-                r = client.post(f"{self.api_url}/jobs", json=body)
+                r = client.post(f"{self.api_urls[replica]}/jobs", json=body)
             except httpx.HTTPError:
                 with self._lock:
                     self.conn_errors += 1
+                replica = (replica + 1) % len(self.api_urls)
                 time.sleep(0.1 + random.random() * 0.2)
                 continue
             if r.status_code in (200, 201):

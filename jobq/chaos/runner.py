@@ -62,7 +62,8 @@ def run(numbers: list[str], admin_url: str, out_dir: Path | None, reduced: bool,
         finally:
             _kill_leftovers(out)
         for c in checks:
-            print(f"  {c.name:<22} {c.figure:<90} {'PASS' if c.ok else 'FAIL'}", flush=True)
+            verdict = "SKIP" if c.name == "skipped" else "PASS" if c.ok else "FAIL"
+            print(f"  {c.name:<22} {c.figure:<90} {verdict}", flush=True)
             failed += not c.ok
         print(f"  ({time.monotonic() - began:.0f}s)", flush=True)
     print(f"\n{'ALL PASS' if not failed else f'{failed} FAIL'}", flush=True)

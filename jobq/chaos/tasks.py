@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import signal
 from typing import Any
 
-from jobq.chaos import ledger
+from jobq.chaos import fileledger, ledger
 from jobq.registry import JobContext, task
 
 
@@ -47,4 +48,14 @@ def flaky(payload: Any, ctx: JobContext) -> Any:
     with ledger.execution(ctx.job_id, ctx.attempt, "chaos.flaky"):
         if ledger.switched("downstream"):
             raise DownstreamDown("downstream unavailable")
+    return {"pid": os.getpid(), "attempt": ctx.attempt}
+
+
+@task("chaos.nap")
+async def nap(payload: Any, ctx: JobContext) -> Any:
+    """Await payload["ms"] milliseconds, recorded in the file ledger: a handler that the
+    worker can stop (an async one), and a record that a host cut off from every database can
+    still write."""
+    with fileledger.execution(ctx.job_id, ctx.attempt, "chaos.nap"):
+        await asyncio.sleep(_ms(payload))
     return {"pid": os.getpid(), "attempt": ctx.attempt}

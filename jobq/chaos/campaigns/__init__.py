@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from jobq.chaos.campaigns.database import database_faults, pool_exhaustion
 from jobq.chaos.campaigns.jobs import baseline, heartbeats, poison_pills, retry_storm, skewed_clocks
+from jobq.chaos.campaigns.network import partition_in_transaction, partitions
 from jobq.chaos.campaigns.processes import (
     api_kills,
     sigterm_drain,
@@ -32,13 +33,15 @@ CAMPAIGNS: dict[str, Campaign] = {
     "10": skewed_clocks,
     "11": pool_exhaustion,
     "12": sqlite_kills,
+    "13": partitions,
+    "14": partition_in_transaction,
 }
 #: The reduced run that CI does.
-REDUCED = ["1", "2", "3", "4", "7", "12"]
+REDUCED = ["1", "2", "3", "4", "7", "12", "13", "14"]
 
 __all__ = [
     "CAMPAIGNS", "REDUCED", "Campaign", "Check", "Ctx",
     "baseline", "worker_kills", "database_faults", "api_kills", "zombies", "sigterm_drain",
     "poison_pills", "retry_storm", "heartbeats", "skewed_clocks", "pool_exhaustion",
-    "sqlite_kills",
+    "sqlite_kills", "partitions", "partition_in_transaction",
 ]
