@@ -6,8 +6,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from jobq.errors import ConfigError, UnknownTask
@@ -24,6 +25,12 @@ class JobContext:
     queue: str
     task_type: str
     worker_id: str
+    #: Set when the worker takes the job away: its lease was lost (rescued, cancelled, or
+    #: not renewed in time) or the worker stops past its grace period. An async handler is
+    #: cancelled then as well; a ``def`` handler cannot be interrupted, so a long one should
+    #: look at this (``ctx.stopped.wait(seconds)`` in place of ``time.sleep``) and return.
+    stopped: threading.Event = field(default_factory=threading.Event, compare=False,
+                                     repr=False)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import traceback
 from typing import Any
 
@@ -42,7 +43,8 @@ async def execute(task: Task, payload: Any, ctx: JobContext) -> Outcome:
     return Success(result)
 
 
-async def run_claimed(claimed: ClaimedJob, registry: TaskRegistry, worker_id: str) -> Outcome:
+async def run_claimed(claimed: ClaimedJob, registry: TaskRegistry, worker_id: str,
+                      stopped: threading.Event) -> Outcome:
     """A claimed job's Outcome: its handler run with its context. A task type this worker has
     no handler for is a Failure too (the job may be retried by a worker that has one)."""
     job, lease = claimed.job, claimed.lease
@@ -52,6 +54,6 @@ async def run_claimed(claimed: ClaimedJob, registry: TaskRegistry, worker_id: st
         return Failure(f"{type(exc).__name__}: {exc}", "")
     ctx = JobContext(
         job_id=job.id, attempt=lease.attempt, max_attempts=lease.max_attempts,
-        queue=job.queue, task_type=job.task_type, worker_id=worker_id,
+        queue=job.queue, task_type=job.task_type, worker_id=worker_id, stopped=stopped,
     )
     return await execute(task, job.payload, ctx)

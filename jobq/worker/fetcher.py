@@ -64,7 +64,8 @@ class Fetcher:
         slot. A cancellation the worker did not ask for propagates (and frees nothing)."""
         lease = running.claimed.lease
         try:
-            outcome = await run_claimed(running.claimed, self.registry, self.worker_id)
+            outcome = await run_claimed(running.claimed, self.registry, self.worker_id,
+                                        running.stopped)
         except asyncio.CancelledError:
             if not running.taken_away:
                 raise

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jobq.types import ClaimedJob, Lease, Outcome
 
@@ -25,6 +26,8 @@ class Running:
     #: lease runs at least until then plus its length (the server started it later).
     renewed_from: float
     task: asyncio.Task[None] | None = None
+    #: The handler's ``ctx.stopped``: set whenever its task is cancelled by the worker.
+    stopped: threading.Event = field(default_factory=threading.Event)
     lost: bool = False  # the lease is gone: the outcome must not be written
     released: bool = False  # given back at shutdown
 
@@ -125,6 +128,7 @@ class Slots:
             if running is None or running.taken_away:
                 continue
             running.lost = True
+            running.stopped.set()
             log.warning("job %s: %s; stopping its handler", running.claimed.job.id, why)
             if running.task is not None:
                 running.task.cancel()
@@ -149,5 +153,6 @@ class Slots:
                      if r.task is not None and not r.task.done()]
         for r in leftovers:
             r.released = True
+            r.stopped.set()
             r.task.cancel()  # type: ignore[union-attr]
         return leftovers

@@ -41,9 +41,19 @@ async def boom(payload: Any) -> None:
     raise ValueError("boom")
 
 
+#: Job ids of ``def`` handlers that saw ctx.stopped, and how long they waited for it.
+saw_stop: dict[int, float] = {}
+
+
+def wait_for_stop(payload: Any, ctx: Any) -> None:
+    began = time.monotonic()
+    if ctx.stopped.wait(30):
+        saw_stop[ctx.job_id] = time.monotonic() - began
+
+
 def registry() -> TaskRegistry:
     reg = TaskRegistry()
-    for name, fn in (("ok", ok), ("hold", hold), ("boom", boom)):
+    for name, fn in (("ok", ok), ("hold", hold), ("boom", boom), ("wait", wait_for_stop)):
         reg.register(name, fn)
     return reg
 
@@ -170,6 +180,28 @@ def test_the_heartbeat_takes_a_lost_job_away_and_its_late_outcome_is_refused(
     for j in (job, finished):
         after = store.get(j.id)
         assert after.state is JobState.CANCELLED and after.result is None
+
+
+def test_a_def_handler_is_told_through_its_context_when_its_job_is_taken_away(
+    store: SqlStore, fast: Settings
+) -> None:
+    """A thread cannot be interrupted: a long ``def`` handler learns from ``ctx.stopped``."""
+    job = enqueue(store, task_type="wait")
+
+    async def test(worker: Worker) -> None:
+        await worker.fetcher.fetch()
+        await asyncio.sleep(0.1)
+        store.cancel(job.id)
+        await worker.heartbeat.beat()
+        deadline = time.monotonic() + 5
+        while job.id not in saw_stop:
+            assert time.monotonic() < deadline, "the def handler was never told"
+            await asyncio.sleep(0.01)
+        await settled(worker)
+
+    run(store, fast, test)
+    assert saw_stop[job.id] < 5
+    assert store.get(job.id).state is JobState.CANCELLED
 
 
 def test_the_heartbeat_leaves_an_outcome_being_written_to_its_fenced_write(
