@@ -89,6 +89,10 @@ class Dialect(Protocol):
     def lock_for_migration(self, conn: Connection) -> None:
         """Make concurrent migrations of this database wait for ``conn``'s transaction."""
 
+    def unbounded(self, conn: Connection) -> None:
+        """Lift the session's statement deadline for the rest of ``conn``'s transaction: for
+        the few statements that may rightly run long (a migration, a bulk load)."""
+
     def rebuilding_tables(self, conn: Connection) -> AbstractContextManager[None]:
         """Around a migration's transaction on ``conn`` (entered before it begins): what lets
         a migration rebuild a table that others reference (SQLite), checked before commit

@@ -54,6 +54,9 @@ def _run(engine: Engine, step: Callable[[Config, str], None], revision: str) -> 
     cfg = _config()
     dialect = dialect_for(engine.url)
     with engine.connect() as conn, dialect.rebuilding_tables(conn), conn.begin():
+        # A migration may rewrite a large table, and a latecomer waits for the first one to
+        # finish: neither is bounded by the session's statement deadline.
+        dialect.unbounded(conn)
         dialect.lock_for_migration(conn)
         cfg.attributes["connection"] = conn
         step(cfg, revision)

@@ -223,10 +223,10 @@ class Postgres:
         dsn = listen_dsn(engine)
         return None if dsn is None else listen(dsn, queues, wake)
 
-    def lock_for_migration(self, conn: Connection) -> None:
-        # A migration may rewrite a large table, and a latecomer waits for the first one
-        # to finish: neither is bounded by the session's statement_timeout.
+    def unbounded(self, conn: Connection) -> None:
         conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+
+    def lock_for_migration(self, conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
 
     def rebuilding_tables(self, conn: Connection) -> AbstractContextManager[None]:

@@ -196,6 +196,9 @@ class Sqlite:
         series = start.union_all(select(start.c.i + 1).where(start.c.i < n))
         return select(series.c.i), series.c.i
 
+    def unbounded(self, conn: Connection) -> None:
+        pass  # no statement deadline to lift
+
     def after_bulk_load(self, conn: Connection) -> None:
         pass  # without statistics SQLite plans as before; nothing to refresh
 

@@ -44,8 +44,10 @@ class Tooling(StoreBase):
             seconds_from_now(ago).label("finished_at"),
         )
         with self.write() as conn:
+            self.dialect.unbounded(conn)  # a million rows may take longer than a statement may
             conn.execute(insert(jobs).from_select(_COLUMNS, rows))
         with self.write() as conn:
+            self.dialect.unbounded(conn)
             self.dialect.after_bulk_load(conn)
 
     @translate
