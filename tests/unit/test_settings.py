@@ -248,6 +248,24 @@ def test_a_multi_host_url_reaches_libpq_as_its_lists_of_hosts_and_ports() -> Non
         "dbname": "jobs", "target_session_attrs": "read-write", "connect_timeout": "3"}
 
 
+def test_the_listen_connection_names_every_host() -> None:
+    import psycopg
+
+    from jobq.store import make_engine
+    from jobq.store.postgres import listen_dsn
+
+    engine = make_engine(load_settings(
+        database_url="postgresql://u:p w@a:5432,b:5433/jobs?target_session_attrs=read-write"))
+    try:
+        dsn = listen_dsn(engine)
+    finally:
+        engine.dispose()
+    assert dsn is not None
+    assert psycopg.conninfo.conninfo_to_dict(dsn) == {
+        "host": "a,b", "port": "5432,5433", "user": "u", "password": "p w", "dbname": "jobs",
+        "target_session_attrs": "read-write"}
+
+
 @pytest.mark.parametrize(
     ("url", "says"),
     [
