@@ -7,6 +7,7 @@ returns its checks. Figures are printed by ``runner.py``.
 from __future__ import annotations
 
 from jobq.chaos.campaigns.database import database_faults, pool_exhaustion
+from jobq.chaos.campaigns.failover import failover
 from jobq.chaos.campaigns.jobs import baseline, heartbeats, poison_pills, retry_storm, skewed_clocks
 from jobq.chaos.campaigns.processes import (
     api_kills,
@@ -32,6 +33,7 @@ CAMPAIGNS: dict[str, Campaign] = {
     "10": skewed_clocks,
     "11": pool_exhaustion,
     "12": sqlite_kills,
+    "15": failover,
 }
 #: The reduced run that CI does.
 REDUCED = ["1", "2", "3", "4", "7", "12"]
@@ -40,5 +42,5 @@ __all__ = [
     "CAMPAIGNS", "REDUCED", "Campaign", "Check", "Ctx",
     "baseline", "worker_kills", "database_faults", "api_kills", "zombies", "sigterm_drain",
     "poison_pills", "retry_storm", "heartbeats", "skewed_clocks", "pool_exhaustion",
-    "sqlite_kills",
+    "sqlite_kills", "failover",
 ]
