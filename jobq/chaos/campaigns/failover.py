@@ -193,10 +193,10 @@ def failover(ctx: Ctx) -> list[Check]:
         in_flight = sum(1 for e in ledger if e.started <= stopped
                         and (e.ended is None or e.ended >= stopped))
         rerun = sum(1 for j in jobs.values() if j.attempts > 1)
-        checks.append(Check("leases", f"{in_flight} executions under way at the stop; {rerun} "
-                            "jobs ran again, their earlier attempts "
-                            + (", ".join(f"{n} {o}" for o, n in sorted(ended.items())) or "none"),
-                            True))
+        checks.append(Check("leases", f"{in_flight} executions under way at the stop; jobs run "
+                            f"again: {rerun} (earlier attempts: "
+                            + (", ".join(f"{n} {o}" for o, n in sorted(ended.items())) or "none")
+                            + ")", True))
         resumed = []
         for w in workers:
             starts = [e.started for e in ledger if e.pid == w.pid and e.started > promoted]
