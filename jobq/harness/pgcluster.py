@@ -95,11 +95,15 @@ class PgCluster:
         run_as, _, _ = _as_owner()
         other = PgCluster(settings={"cluster_name": f"'{self.STANDBY_NAME}'",
                                     "hot_standby": "on"})
-        subprocess.run([pg_bin("pg_basebackup"), "-D", str(other.data), "-h", "127.0.0.1",
-                        "-p", str(self.port), "-U", "postgres", "-R", "-X", "stream",
-                        "-c", "fast", "--no-sync"],
-                       check=True, capture_output=True, timeout=timeout,
-                       **run_as)  # type: ignore[arg-type]
+        try:
+            subprocess.run([pg_bin("pg_basebackup"), "-D", str(other.data), "-h", "127.0.0.1",
+                            "-p", str(self.port), "-U", "postgres", "-R", "-X", "stream",
+                            "-c", "fast", "--no-sync"],
+                           check=True, capture_output=True, timeout=timeout,
+                           **run_as)  # type: ignore[arg-type]
+        except BaseException:
+            other.remove()
+            raise
         return other
 
     def in_recovery(self) -> bool | None:
