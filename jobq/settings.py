@@ -220,12 +220,61 @@ class Settings(BaseSettings):
 
     @property
     def sqlalchemy_url(self) -> str:
-        """The URL with the driver jobq uses (psycopg 3 for PostgreSQL)."""
+        """The URL with the driver jobq uses (psycopg 3 for PostgreSQL).
+
+        libpq's multi-host form, ``postgresql://user@h1:5432,h2:5433/db?target_session_attrs=
+        read-write`` (a primary and its standbys; libpq tries them in order and keeps the
+        first that fits), is one that SQLAlchemy cannot parse: its hosts move to the query,
+        ``postgresql+psycopg://user@/db?...&host=h1,h2&port=5432,5433``, which SQLAlchemy's
+        psycopg dialect hands to libpq as the same two lists."""
         url = self.database_url
-        for prefix in ("postgresql://", "postgres://"):
+        for prefix in ("postgresql://", "postgres://", "postgresql+psycopg://"):
             if url.startswith(prefix):
-                return "postgresql+psycopg://" + url[len(prefix):]
+                return "postgresql+psycopg://" + self._hosts_to_query(url[len(prefix):])
         return url
+
+    @staticmethod
+    def _hosts_to_query(rest: str) -> str:
+        """``user@h1:p1,h2:p2/db?query`` (what follows ``scheme://``) as ``user@/db?query&host=
+        h1,h2&port=p1,p2``; unchanged when it names one host or none. ValueError when it
+        cannot be done (a port that is no number; hosts given in both places)."""
+        from urllib.parse import parse_qsl
+
+        end = min((i for i in (rest.find(c) for c in "/?") if i >= 0), default=len(rest))
+        authority, tail = rest[:end], rest[end:]
+        userinfo, at, hostlist = authority.rpartition("@")
+        if "," not in hostlist:
+            return rest
+        hosts, ports = [], []
+        for entry in hostlist.split(","):
+            if entry.startswith("["):  # [IPv6] or [IPv6]:port
+                host, _, port = entry[1:].partition("]")
+                if port and not port.startswith(":"):
+                    raise ValueError(f"{entry!r} is not a host of a multi-host URL")
+                port = port[1:]
+            else:
+                host, _, port = entry.partition(":")
+            if not host:
+                raise ValueError("a multi-host URL has an empty host")
+            if port and not port.isdigit():
+                raise ValueError(f"{entry!r}: the port must be a number")
+            hosts.append(host)
+            ports.append(port)
+        path, _, query = tail.partition("?")
+        given = {k for k, _ in parse_qsl(query, keep_blank_values=True)}
+        if given & {"host", "hostaddr", "port"}:
+            raise ValueError("a multi-host URL names its hosts before the database, not in "
+                             "host=, hostaddr= or port=")
+        moved = [f"host={','.join(hosts)}"] + ([f"port={','.join(ports)}"] if any(ports) else [])
+        return f"{userinfo}{at}{path or '/'}?{'&'.join(([query] if query else []) + moved)}"
+
+    @field_validator("database_url")
+    @classmethod
+    def _multi_host(cls, value: str) -> str:
+        for prefix in ("postgresql://", "postgres://", "postgresql+psycopg://"):
+            if value.startswith(prefix):
+                cls._hosts_to_query(value[len(prefix):])  # its ValueError names the fault
+        return value
 
     @property
     def is_sqlite(self) -> bool:

@@ -19,13 +19,15 @@ class Submission:
     key: str
     job_id: int | None = None
     status: int | None = None
+    acked_at: float | None = None  # time.time() of the 2xx
 
 
 class LoadGen:
     """Concurrent clients submitting jobs with idempotency keys, retrying until acknowledged.
 
     A job counts as accepted once any attempt got a 2xx. Server errors are counted: every 500
-    is a bug; a 503 must carry Retry-After.
+    is a bug; a 503 must carry Retry-After. ``responses`` has every answer, as (sent, answered,
+    status) in time.time(), status 0 for a failed connection; ``stop()`` ends the run early.
     """
 
     def __init__(self, api_url: str | Sequence[str], clients: int,
@@ -47,6 +49,7 @@ class LoadGen:
         self.good_503 = 0
         self.conn_errors = 0
         self.created_twice = 0  # 201 for a key that had been acknowledged before
+        self.responses: list[tuple[float, float, int]] = []
         self._next = 0
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -62,6 +65,13 @@ class LoadGen:
         end = time.monotonic() + (timeout if timeout is not None else 1e9)
         for t in self._threads:
             t.join(max(end - time.monotonic(), 0))
+
+    def stop(self) -> None:
+        """Take no more submissions: those under way go on until acknowledged, the rest are
+        dropped from the run (as if ``total`` had been smaller)."""
+        with self._lock:
+            self.total = self._next
+            del self.submissions[self._next:]
 
     @property
     def accepted(self) -> list[Submission]:
@@ -89,19 +99,24 @@ class LoadGen:
         acked_before = False
         replica = i % len(self.api_urls)
         while time.monotonic() < self.deadline:
+            sent = time.time()
             try:
                 r = client.post(f"{self.api_urls[replica]}/jobs", json=body)
             except httpx.HTTPError:
                 with self._lock:
                     self.conn_errors += 1
+                    self.responses.append((sent, time.time(), 0))
                 replica = (replica + 1) % len(self.api_urls)
                 time.sleep(0.1 + random.random() * 0.2)
                 continue
+            with self._lock:
+                self.responses.append((sent, time.time(), r.status_code))
             if r.status_code in (200, 201):
                 if r.status_code == 201 and acked_before:
                     with self._lock:
                         self.created_twice += 1
                 sub.job_id, sub.status = r.json()["id"], r.status_code
+                sub.acked_at = time.time()
                 return
             if r.status_code >= 500:
                 with self._lock:

@@ -9,7 +9,7 @@ import typer
 
 def chaos(
     campaigns: Annotated[Optional[list[str]], typer.Argument(
-        help="Campaign numbers (1-14); default: all, or the CI set with --reduced")] = None,
+        help="Campaign numbers (1-15); default: all, or the CI set with --reduced")] = None,
     reduced: Annotated[bool, typer.Option("--reduced", help="Smaller counts; campaigns "
                                           "1-4, 7, 12, 13 and 14 unless others are named")] = False,
     pg_url: Annotated[str, typer.Option("--pg-url", envvar="JOBQ_TEST_POSTGRES_URL",
@@ -29,7 +29,8 @@ def chaos(
     numbers = campaigns or default_numbers(reduced)
     unknown = [n for n in numbers if n not in CAMPAIGNS]
     if unknown:
-        typer.secho(f"jobq: unknown campaign(s) {unknown}; choose from 1-12", fg="red", err=True)
+        typer.secho(f"jobq: unknown campaign(s) {unknown}; choose from {', '.join(CAMPAIGNS)}",
+                    fg="red", err=True)
         raise typer.Exit(2)
     raise typer.Exit(run(numbers, pg_url, Path(out) if out else None, reduced, timeout, seed))
 

@@ -4,6 +4,10 @@ PostgreSQL is never stopped or reconfigured.
 
 The server runs as the ``postgres`` system user when started by root (PostgreSQL refuses to
 run as root), and is ended by the PID in its postmaster.pid.
+
+A pair for failover: ``PgCluster.primary()`` is made ready to stream its WAL, and
+``primary.standby()`` is its synchronous streaming standby (``pg_basebackup -R``): a commit
+the primary answers is on the standby too. ``standby.promote()`` makes it a primary.
 """
 
 from __future__ import annotations
@@ -64,6 +68,70 @@ class PgCluster:
     port: int = field(default_factory=free_port)
     addresses: tuple[str, ...] = ()
     settings: dict[str, str] = field(default_factory=dict)
+
+    #: The name the standby gives itself (``cluster_name``, which its WAL receiver sends as
+    #: application_name), and that the primary waits for (``synchronous_standby_names``).
+    STANDBY_NAME = "jobq_standby"
+
+    @classmethod
+    def primary(cls, **kw: object) -> PgCluster:
+        """A server ready to have a synchronous standby: every commit waits until the standby
+        has it on disk (``synchronous_commit = on``), so none that was answered is lost when
+        the standby takes over. Until a standby is connected, commits wait."""
+        settings = {
+            "wal_level": "replica",
+            "max_wal_senders": "5",
+            "wal_keep_size": "'256MB'",
+            "synchronous_standby_names": f"'{cls.STANDBY_NAME}'",
+            "synchronous_commit": "on",
+            **kw.pop("settings", {}),  # type: ignore[dict-item]
+        }
+        return cls(settings=settings, **kw)  # type: ignore[arg-type]
+
+    def standby(self, timeout: float = 120) -> PgCluster:
+        """A streaming standby of this (running) server, in a directory of its own: a base
+        backup with ``-R`` (standby.signal and primary_conninfo), not yet started. It is no
+        one's synchronous standby itself, so once promoted it commits alone."""
+        run_as, _, _ = _as_owner()
+        other = PgCluster(settings={"cluster_name": f"'{self.STANDBY_NAME}'",
+                                    "hot_standby": "on"})
+        try:
+            subprocess.run([pg_bin("pg_basebackup"), "-D", str(other.data), "-h", "127.0.0.1",
+                            "-p", str(self.port), "-U", "postgres", "-R", "-X", "stream",
+                            "-c", "fast", "--no-sync"],
+                           check=True, capture_output=True, timeout=timeout,
+                           **run_as)  # type: ignore[arg-type]
+        except BaseException:
+            other.remove()
+            raise
+        return other
+
+    def in_recovery(self) -> bool | None:
+        """Whether it is a standby (None: it does not answer)."""
+        try:
+            with psycopg.connect(self.url(), connect_timeout=2) as c:
+                return bool(c.execute("SELECT pg_is_in_recovery()").fetchone()[0])
+        except psycopg.Error:
+            return None
+
+    def sync_standbys(self) -> list[str]:
+        """The application names of the standbys this server now waits for at commit."""
+        try:
+            with psycopg.connect(self.url(), connect_timeout=2) as c:
+                rows = c.execute("SELECT application_name FROM pg_stat_replication "
+                                 "WHERE sync_state = 'sync' AND state = 'streaming'").fetchall()
+                return [r[0] for r in rows]
+        except psycopg.Error:
+            return []
+
+    def promote(self, timeout: float = 60) -> None:
+        """Make this standby a primary (``pg_ctl promote``) and wait until it takes writes."""
+        run_as, _, _ = _as_owner()
+        subprocess.run([pg_bin("pg_ctl"), "-D", str(self.data), "-w", "-t", str(int(timeout)),
+                        "promote"], check=True, capture_output=True, timeout=timeout + 10,
+                       **run_as)  # type: ignore[arg-type]
+        if not wait_until(lambda: self.in_recovery() is False, timeout, 0.05):
+            raise RuntimeError(f"the standby in {self.data} was not promoted; see {self.log}")
 
     def init(self) -> PgCluster:
         run_as, uid, gid = _as_owner()

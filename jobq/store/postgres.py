@@ -318,10 +318,17 @@ def _ping_when_idle(engine: Engine) -> None:
 
 
 def listen_dsn(engine: Engine) -> str | None:
-    """The libpq connection string of a PostgreSQL engine; None for another database."""
+    """The libpq connection string of a PostgreSQL engine; None for another database.
+
+    Made from what the dialect itself hands to psycopg for the engine's URL, so that it names
+    the same servers: with several hosts (``host=h1,h2 port=p1,p2``, and
+    ``target_session_attrs``) the URL's own rendering would put them in repeated ``host=h:p``
+    query parameters, which libpq reads as one host named ``h2:p2``."""
     if engine.dialect.name != "postgresql":
         return None
-    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    _args, params = engine.dialect.create_connect_args(engine.url)
+    return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items()
+                                             if isinstance(v, (str, int))})
 
 
 async def listen(dsn: str, queues: Collection[str], wake: Callable[[], None]) -> None:

@@ -211,3 +211,71 @@ def test_settings_survive_the_trip_through_the_environment(monkeypatch: pytest.M
     for name, value in settings_environment(given).items():
         monkeypatch.setenv(name, value)
     assert load_settings() == given
+
+
+# -- libpq's multi-host URLs (a primary and its standbys) --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://u@h1:5432,h2:5433/db?target_session_attrs=read-write",
+         "postgresql+psycopg://u@/db?target_session_attrs=read-write&host=h1,h2&port=5432,5433"),
+        ("postgres://u:p%40ss@h1,h2:5433/db",
+         "postgresql+psycopg://u:p%40ss@/db?host=h1,h2&port=,5433"),
+        ("postgresql://h1,h2", "postgresql+psycopg:///?host=h1,h2"),
+        ("postgresql://u@[::1]:5432,[fe80::2]/db",
+         "postgresql+psycopg://u@/db?host=::1,fe80::2&port=5432,"),
+        ("postgresql+psycopg://u@a:1,b:2/db", "postgresql+psycopg://u@/db?host=a,b&port=1,2"),
+        # One host, or hosts already in the query: left as they are.
+        ("postgresql://u@[::1]:5432/db", "postgresql+psycopg://u@[::1]:5432/db"),
+        ("postgresql://u@/db?host=/run/postgresql", "postgresql+psycopg://u@/db?host=/run/postgresql"),
+    ],
+)
+def test_a_multi_host_url_moves_its_hosts_to_the_query(url: str, expected: str) -> None:
+    assert load_settings(database_url=url).sqlalchemy_url == expected
+
+
+def test_a_multi_host_url_reaches_libpq_as_its_lists_of_hosts_and_ports() -> None:
+    from sqlalchemy import make_url
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+    s = load_settings(database_url="postgresql://jobq:pw@a:5432,b:5433/jobs"
+                      "?target_session_attrs=read-write&connect_timeout=3")
+    _, params = PGDialect_psycopg().create_connect_args(make_url(s.sqlalchemy_url))
+    assert {k: v for k, v in params.items() if k != "context"} == {
+        "host": "a,b", "port": "5432,5433", "user": "jobq", "password": "pw",
+        "dbname": "jobs", "target_session_attrs": "read-write", "connect_timeout": "3"}
+
+
+def test_the_listen_connection_names_every_host() -> None:
+    import psycopg
+
+    from jobq.store import make_engine
+    from jobq.store.postgres import listen_dsn
+
+    engine = make_engine(load_settings(
+        database_url="postgresql://u:p w@a:5432,b:5433/jobs?target_session_attrs=read-write"))
+    try:
+        dsn = listen_dsn(engine)
+    finally:
+        engine.dispose()
+    assert dsn is not None
+    assert psycopg.conninfo.conninfo_to_dict(dsn) == {
+        "host": "a,b", "port": "5432,5433", "user": "u", "password": "p w", "dbname": "jobs",
+        "target_session_attrs": "read-write"}
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://h1:x,h2/db", "port must be a number"),
+        ("postgresql://h1,,h2/db", "empty host"),
+        ("postgresql://h1,h2/db?port=5432", "not in host="),
+        ("postgresql://[::1]x,h2/db", "is not a host"),
+    ],
+)
+def test_a_bad_multi_host_url_is_refused_at_start(url: str, says: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(database_url=url)
+    assert "JOBQ_DATABASE_URL" in str(err.value) and says in str(err.value)

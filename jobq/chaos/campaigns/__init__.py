@@ -7,6 +7,7 @@ returns its checks. Figures are printed by ``runner.py``.
 from __future__ import annotations
 
 from jobq.chaos.campaigns.database import database_faults, pool_exhaustion
+from jobq.chaos.campaigns.failover import failover
 from jobq.chaos.campaigns.jobs import baseline, heartbeats, poison_pills, retry_storm, skewed_clocks
 from jobq.chaos.campaigns.network import partition_in_transaction, partitions
 from jobq.chaos.campaigns.processes import (
@@ -35,6 +36,7 @@ CAMPAIGNS: dict[str, Campaign] = {
     "12": sqlite_kills,
     "13": partitions,
     "14": partition_in_transaction,
+    "15": failover,
 }
 #: The reduced run that CI does.
 REDUCED = ["1", "2", "3", "4", "7", "12", "13", "14"]
@@ -43,5 +45,5 @@ __all__ = [
     "CAMPAIGNS", "REDUCED", "Campaign", "Check", "Ctx",
     "baseline", "worker_kills", "database_faults", "api_kills", "zombies", "sigterm_drain",
     "poison_pills", "retry_storm", "heartbeats", "skewed_clocks", "pool_exhaustion",
-    "sqlite_kills", "partitions", "partition_in_transaction",
+    "sqlite_kills", "partitions", "partition_in_transaction", "failover",
 ]
