@@ -39,8 +39,12 @@ async def sleep(seconds: float, until: asyncio.Event) -> None:
 
 
 def backoff(failures: int) -> float:
-    """Pause after ``failures`` database errors in a row: 0.2 s, 0.4 s, ... at most 5 s."""
-    return min(0.1 * 2**failures, 5.0)
+    """Pause after ``failures`` database errors in a row: 0.2 s, 0.4 s, ... at most 2 s.
+
+    The cap is also how late a worker can be back at work after the database is (after a
+    failover, a restart, a partition's heal): low enough to be a few seconds, high enough that
+    a fleet of workers does not hammer a server that is coming up."""
+    return min(0.1 * 2**failures, 2.0)
 
 
 async def run_loop(name: str, body: Body, until: asyncio.Event) -> None:
