@@ -546,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C, even when started from a shell that had SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupted = False
     try:
         if o.start == "warm" and o.workers:
@@ -605,6 +607,7 @@ FIELDS = [
     ("other_share", "other", True),
     ("idle_share", "idle", True),
     ("pg_cpu_ms_per_1k_jobs", "PG CPU-ms/1k jobs", False),
+    ("jobq_cpu_ms_per_1k_jobs", "jobq CPU-ms/1k jobs", False),
     ("xacts_per_job", "xacts/job", False),
 ]
 
@@ -640,8 +643,7 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
                 if isinstance(p.get(f), (int, float)):
                     series.setdefault(f, []).append(float(p[f]))
             for f in ("jobs_per_s", "ramp_s", "machine_total_share", "client_jobs_per_s",
-                      "request_p50_ms", "request_p99_ms", "tuples_written_per_job",
-                      "jobq_cpu_ms_per_1k_jobs"):
+                      "request_p50_ms", "request_p99_ms", "tuples_written_per_job"):
                 if isinstance(p.get(f), (int, float)):
                     series.setdefault(f, []).append(float(p[f]))
         out[key] = {"kind": kind, "processes": n, "base": base, "errors": errors,
