@@ -612,6 +612,10 @@ FIELDS = [
 ]
 
 
+#: Fewer CPU samples than this inside a point's interval: its shares are rough (marked *).
+ROUGH = 10
+
+
 def _split(key: str) -> tuple[str, int]:
     """"drain4" -> ("drain", 4)."""
     kind = key.rstrip("0123456789")
@@ -643,6 +647,7 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
                 if isinstance(p.get(f), (int, float)):
                     series.setdefault(f, []).append(float(p[f]))
             for f in ("jobs_per_s", "ramp_s", "machine_total_share", "client_jobs_per_s",
+                      "samples_in_interval",
                       "request_p50_ms", "request_p99_ms", "tuples_written_per_job"):
                 if isinstance(p.get(f), (int, float)):
                     series.setdefault(f, []).append(float(p[f]))
@@ -670,7 +675,7 @@ def _cell(s: dict[str, Any] | None, pct: bool, rounds: int) -> str:
 
 def tables(doc: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     o = doc["options"]
-    summary = doc.get("summary") or summarise(doc)
+    summary = summarise(doc)
     rounds = len(doc["rounds"])
     out = []
     for kind, title, what in (
@@ -684,6 +689,8 @@ def tables(doc: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
             if s["kind"] != kind:
                 continue
             row = [str(s["processes"])] + [_cell(s.get(f), pct, rounds) for f, _, pct in FIELDS]
+            if s.get("samples_in_interval", {}).get("min", ROUGH) < ROUGH:
+                row[0] += " *"
             if s["errors"]:
                 row[1] += f" ({len(s['errors'])} failed)"
             rows.append(row)
@@ -713,6 +720,11 @@ def report(doc: dict[str, Any], markdown: bool) -> None:
         print("  " + "  ".join(h.rjust(w) for h, w in zip(header, widths)))
         for r in rows:
             print("  " + "  ".join(c.rjust(w) for c, w in zip(r, widths)))
+    rough = ("* fewer than {ROUGH} CPU samples ({every} s apart) in the interval of the middle "
+             "80 % of the jobs: the shares are rough; more --jobs / --rest-jobs")
+    rough = rough.format(ROUGH=ROUGH, every=doc["options"].get("sample_interval"))
+    if any(r[0].endswith("*") for _, _, rows in tables(doc) for r in rows):
+        print(rough)
     for rnd_no, rnd in enumerate(doc["rounds"], 1):
         for key, p in rnd["points"].items():
             if "error" in p:
