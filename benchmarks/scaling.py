@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -591,7 +592,12 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(doc, indent=2) + "\n")
     report(doc, o.markdown)
     print(f"\nJSON: {out}")
-    return 130 if interrupted else 0
+    failed = any("error" in p for rnd in doc["rounds"] for p in rnd["points"].values())
+    if interrupted or failed:
+        print(f"process logs in {work}")
+        return 130 if interrupted else 1
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
 
 
 # -- the tables ----------------------------------------------------------------------------
@@ -664,7 +670,7 @@ def _cell(s: dict[str, Any] | None, pct: bool, rounds: int) -> str:
 
     def f(x: float) -> str:
         if pct:
-            return f"{100 * x:.0f}"
+            return f"{round(100 * x) or 0:.0f}"  # no "-0"
         return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}"
 
     body = f(s["median"])
