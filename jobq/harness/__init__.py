@@ -1,5 +1,5 @@
 """The helpers of the tools around jobq (``jobq bench``, ``jobq chaos`` and the tests): real
-jobq processes, started and stopped by their PID, and throw-away databases.
+jobq processes and PgBouncer, started and stopped by their PID, and throw-away databases.
 
 Nothing in the product imports this package, and it imports nothing of SQLAlchemy: PostgreSQL
 URLs are edited with ``urllib.parse``. Everything talks to 127.0.0.1 only; every wait is
@@ -14,6 +14,7 @@ from jobq.harness.databases import (
     with_database,
     with_server,
 )
+from jobq.harness.pgbouncer import PgBouncer, find_pgbouncer
 from jobq.harness.pgcluster import PgCluster, pg_bin
 from jobq.harness.procs import (
     Cluster,
@@ -26,6 +27,7 @@ from jobq.harness.procs import (
 )
 
 __all__ = [
-    "Cluster", "PgCluster", "PgDatabases", "pg_bin", "Proc", "Processes", "child_env", "drop_sqlite", "free_port",
-    "redact", "server_address", "wait_for", "wait_until", "with_database", "with_server",
+    "Cluster", "PgBouncer", "PgCluster", "PgDatabases", "pg_bin", "Proc", "Processes",
+    "child_env", "drop_sqlite", "find_pgbouncer", "free_port", "redact", "server_address",
+    "wait_for", "wait_until", "with_database", "with_server",
 ]
