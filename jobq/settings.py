@@ -6,7 +6,7 @@ at start and passed in. Nothing in jobq reads the environment at import time.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -56,7 +56,20 @@ class Settings(BaseSettings):
     listen_enabled: bool = Field(
         True, description="Wake idle workers as soon as jobs arrive: LISTEN/NOTIFY on "
         "PostgreSQL, a watch of the file's commit counter on SQLite (polling stays as the "
-        "fallback). Turn off behind a pooler in transaction mode, where LISTEN cannot work."
+        "fallback). Behind a pooler in transaction mode it needs JOBQ_LISTEN_URL."
+    )
+    db_pooler: Literal["none", "session", "transaction"] = Field(
+        "none", description="What sits between jobq and PostgreSQL: `none` (a direct "
+        "connection), `session` (a pooler such as PgBouncer in session mode: nothing changes) "
+        "or `transaction` (a pooler in transaction mode: psycopg prepares no statements, "
+        "which such a pooler cannot route, and workers LISTEN only through JOBQ_LISTEN_URL)."
+    )
+    listen_url: str | None = Field(
+        None, description="A PostgreSQL URL used only for the workers' LISTEN connection (one "
+        "per worker process): a direct connection or a pooler in session mode, for when "
+        "JOBQ_DATABASE_URL goes through a pooler in transaction mode. Unset: LISTEN goes "
+        "where JOBQ_DATABASE_URL goes, or, with JOBQ_DB_POOLER=transaction, nowhere (idle "
+        "workers then find jobs by polling, every JOBQ_POLL_INTERVAL_SECONDS)."
     )
     retention_seconds: float = Field(
         7 * 86400, ge=0, description="Finished jobs (done, failed, cancelled) older than this "
@@ -192,6 +205,21 @@ class Settings(BaseSettings):
             raise ValueError("must start with sqlite:/// or postgresql://")
         return value
 
+    @field_validator("db_pooler", mode="before")
+    @classmethod
+    def _pooler(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("listen_url", mode="before")
+    @classmethod
+    def _listen_url(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip() or None  # JOBQ_LISTEN_URL= (empty) means unset
+        if isinstance(value, str) and not value.startswith(
+                ("postgresql:", "postgres:", "postgresql+psycopg:")):
+            raise ValueError("must start with postgresql://")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -211,6 +239,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "JOBQ_HEARTBEAT_INTERVAL_SECONDS must be shorter than JOBQ_LEASE_SECONDS"
             )
+        if self.is_sqlite and (self.db_pooler != "none" or self.listen_url is not None):
+            # Named by their variables, as above: a pooler is PostgreSQL's.
+            raise ValueError("JOBQ_DB_POOLER and JOBQ_LISTEN_URL are for PostgreSQL; "
+                             "JOBQ_DATABASE_URL is a SQLite database")
         return self
 
     @property
