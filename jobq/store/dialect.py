@@ -82,9 +82,11 @@ class Dialect(Protocol):
         """Wake idle workers of ``queues`` when ``conn``'s transaction commits."""
 
     def listen(
-        self, engine: Engine, queues: Collection[str], wake: Callable[[], None]
+        self, engine: Engine, queues: Collection[str], wake: Callable[[], None],
+        settings: Settings,
     ) -> Coroutine[Any, Any, None] | None:
-        """A coroutine calling ``wake`` when jobs of ``queues`` may be due, or None."""
+        """A coroutine calling ``wake`` when jobs of ``queues`` may be due, or None
+        (``settings``: where to listen, behind a pooler)."""
 
     def lock_for_migration(self, conn: Connection) -> None:
         """Make concurrent migrations of this database wait for ``conn``'s transaction."""

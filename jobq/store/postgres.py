@@ -41,6 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.engine import make_url
 
 from jobq.settings import Settings
 from jobq.store.base import pool_options
@@ -112,6 +113,7 @@ class Postgres:
                 "connect_timeout": max(1, int(settings.db_timeout_seconds)),
                 "application_name": "jobq",
                 **network_deadlines(settings.db_network_timeout_seconds),
+                **_driver_args(settings),
             },
         )
 
@@ -218,9 +220,10 @@ class Postgres:
             conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, queue)))
 
     def listen(
-        self, engine: Engine, queues: Collection[str], wake: Callable[[], None]
+        self, engine: Engine, queues: Collection[str], wake: Callable[[], None],
+        settings: Settings,
     ) -> Coroutine[Any, Any, None] | None:
-        dsn = listen_dsn(engine)
+        dsn = _listen_target(engine, settings)
         return None if dsn is None else listen(dsn, queues, wake)
 
     def unbounded(self, conn: Connection) -> None:
@@ -285,6 +288,41 @@ def session_settings(settings: Settings) -> dict[str, str]:
         "idle_in_transaction_session_timeout":
             f"{int(settings.db_idle_in_transaction_seconds * 1000)}ms",
     }
+
+
+def _driver_args(settings: Settings) -> dict[str, Any]:
+    """psycopg's connection arguments that depend on what sits between jobq and PostgreSQL.
+
+    Behind a pooler in transaction mode, psycopg must prepare nothing. On its own it prepares
+    a statement on the server once it has run ``prepare_threshold`` (5) times, under a name
+    (``_pg3_0``, …) that exists in one server connection only; the pooler hands the next
+    transaction another one, where the name is unknown or is another client's statement
+    ("prepared statement … already exists / does not exist", "bind message supplies 2
+    parameters, but … requires 12"). PgBouncer < 1.21 cannot route them at all.
+
+    Nothing else jobq does needs a session: its advisory locks are transaction-scoped, it uses
+    no temporary tables, WITH HOLD or server-side cursors, and the one SET (the time zone, in
+    the "connect" event) is a parameter PgBouncer tracks per client and sets again on each
+    server connection it hands over; Timestamp reads right in any zone besides.
+    """
+    if settings.db_pooler == "transaction":
+        return {"prepare_threshold": None}
+    return {}
+
+
+def _listen_target(engine: Engine, settings: Settings) -> str | None:
+    """Where the LISTEN connection goes: JOBQ_LISTEN_URL when set; else the engine's own
+    server, unless that is a pooler in transaction mode, which would hand the LISTEN to one
+    server connection and the notifications to whichever client has it then (or to none)."""
+    if settings.listen_url is not None:
+        return make_url(settings.listen_url).set(drivername="postgresql").render_as_string(
+            hide_password=False)
+    if settings.db_pooler == "transaction":
+        log.warning("JOBQ_DB_POOLER=transaction and no JOBQ_LISTEN_URL: no LISTEN, so idle "
+                    "workers find new jobs by polling, every JOBQ_POLL_INTERVAL_SECONDS "
+                    "(%gs)", settings.poll_interval_seconds)
+        return None
+    return listen_dsn(engine)
 
 
 #: A pooled connection idle for longer than this is tested before it is handed out.

@@ -162,7 +162,8 @@ class Sqlite:
         pass  # no notifications in SQLite: its workers watch the file's commits (listen)
 
     def listen(
-        self, engine: Engine, queues: Collection[str], wake: Callable[[], None]
+        self, engine: Engine, queues: Collection[str], wake: Callable[[], None],
+        settings: Settings,
     ) -> Coroutine[Any, Any, None] | None:
         path = engine.url.database
         if not path or path == ":memory:" or path.startswith("file:"):

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
+from jobq.settings import Settings
+
 from jobq.store.api_keys import ApiKeys
 from jobq.store.enqueue import Enqueue
 from jobq.store.leases import Leases
@@ -23,10 +25,11 @@ class SqlStore(Enqueue, Queries, Leases, Operator, Maintenance, ApiKeys, Tooling
         self.engine.dispose()
 
     def listen(
-        self, queues: Collection[str], wake: Callable[[], None]
+        self, queues: Collection[str], wake: Callable[[], None], settings: Settings
     ) -> Coroutine[Any, Any, None] | None:
         """A coroutine that calls ``wake`` whenever jobs of ``queues`` may have become due
-        (PostgreSQL LISTEN on its own connection; SQLite: a watch of the file's commit
-        counter; it runs until cancelled), or None where there is nothing to watch (an
-        in-memory SQLite database)."""
-        return self.dialect.listen(self.engine, queues, wake)
+        (PostgreSQL LISTEN on its own connection, to JOBQ_LISTEN_URL if set; SQLite: a watch
+        of the file's commit counter; it runs until cancelled), or None where there is
+        nothing to watch (an in-memory SQLite database, a pooler in transaction mode without
+        a listen URL)."""
+        return self.dialect.listen(self.engine, queues, wake, settings)

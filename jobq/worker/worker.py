@@ -129,7 +129,7 @@ class Worker:
             ("rescue", self.maintenance.rescue),
             ("prune", self.maintenance.prune),
         )]
-        listening = (self.store.listen(self.queues or [], self.slots.wake.set)
+        listening = (self.store.listen(self.queues or [], self.slots.wake.set, self.settings)
                      if self.settings.listen_enabled else None)
         listener = None
         if listening is not None:
