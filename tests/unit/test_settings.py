@@ -279,3 +279,33 @@ def test_a_bad_multi_host_url_is_refused_at_start(url: str, says: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(database_url=url)
     assert "JOBQ_DATABASE_URL" in str(err.value) and says in str(err.value)
+
+
+def test_pooler_and_listen_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (load_settings().db_pooler, load_settings().listen_url) == ("none", None)
+    monkeypatch.setenv("JOBQ_DATABASE_URL", "postgresql://jobq@pgbouncer:6432/jobs")
+    monkeypatch.setenv("JOBQ_DB_POOLER", "Transaction")
+    monkeypatch.setenv("JOBQ_LISTEN_URL", "postgresql://jobq@db:5432/jobs")
+    s = load_settings()
+    assert (s.db_pooler, s.listen_url) == ("transaction", "postgresql://jobq@db:5432/jobs")
+    monkeypatch.setenv("JOBQ_LISTEN_URL", "")  # empty: unset
+    assert load_settings().listen_url is None
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"JOBQ_DB_POOLER": "statement"}, "JOBQ_DB_POOLER"),
+    ({"JOBQ_LISTEN_URL": "mysql://db/jobs"}, "JOBQ_LISTEN_URL"),
+    # A pooler or a listen URL with a SQLite database is a mistake, not a no-op.
+    ({"JOBQ_DATABASE_URL": "sqlite:///x.db", "JOBQ_DB_POOLER": "transaction"},
+     "JOBQ_DB_POOLER"),
+    ({"JOBQ_DATABASE_URL": "sqlite:///x.db", "JOBQ_LISTEN_URL": "postgresql://db/jobs"},
+     "JOBQ_LISTEN_URL"),
+])
+def test_bad_pooler_settings_name_their_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str
+) -> None:
+    monkeypatch.setenv("JOBQ_DATABASE_URL", "postgresql://jobq@db:5432/jobs")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError, match=named):
+        load_settings()
