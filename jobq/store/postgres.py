@@ -41,7 +41,6 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql as pg
-from sqlalchemy.engine import make_url
 
 from jobq.settings import Settings
 from jobq.store.base import pool_options
@@ -118,6 +117,7 @@ class Postgres:
         )
 
         _ping_when_idle(engine)
+        _check_role_deadlines(engine, settings)
         session = session_settings(settings)
 
         @event.listens_for(engine, "connect")
@@ -282,12 +282,44 @@ def session_settings(settings: Settings) -> dict[str, str]:
     process) would otherwise hold its row locks until the server's keepalive notices, two
     hours later, and rescue skips locked rows.
     """
+    if settings.db_pooler == "transaction":
+        # A pooler in transaction mode carries TimeZone over to every server connection it
+        # hands a client, but not the timeouts: set here they would land on the one server
+        # connection that ran this, stay there for its later clients (other programs'
+        # too), and be missing on the others. They belong to jobq's role there (README,
+        # "Behind PgBouncer"); _check_role_deadlines says when they are not.
+        return {"TimeZone": "UTC"}
+    return {"TimeZone": "UTC", **_deadlines(settings)}
+
+
+def _deadlines(settings: Settings) -> dict[str, str]:
     return {
-        "TimeZone": "UTC",
         "statement_timeout": f"{int(settings.db_statement_timeout_seconds * 1000)}ms",
         "idle_in_transaction_session_timeout":
             f"{int(settings.db_idle_in_transaction_seconds * 1000)}ms",
     }
+
+
+def _check_role_deadlines(engine: Engine, settings: Settings) -> None:
+    """Behind a transaction pooler, warn once per process, at its first connection, when
+    the server's own timeouts (the role's or the database's) are not jobq's settings."""
+    if settings.db_pooler != "transaction":
+        return
+
+    @event.listens_for(engine, "first_connect")
+    def _check(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
+                        [list(_deadlines(settings))])
+            have = {name: f"{setting}ms" for name, setting in cur.fetchall()}  # in ms
+        dbapi_conn.rollback()
+        wrong = {k: v for k, v in _deadlines(settings).items() if have.get(k) != v}
+        if wrong:
+            log.warning(
+                "JOBQ_DB_POOLER=transaction: jobq cannot set its sessions' timeouts through "
+                "the pooler, and the server's differ (%s); set them on jobq's role: %s",
+                ", ".join(f"{k} is {have.get(k)}" for k in wrong),
+                "; ".join(f"ALTER ROLE ... SET {k} = '{v}'" for k, v in wrong.items()))
 
 
 def _driver_args(settings: Settings) -> dict[str, Any]:
@@ -301,9 +333,10 @@ def _driver_args(settings: Settings) -> dict[str, Any]:
     parameters, but … requires 12"). PgBouncer < 1.21 cannot route them at all.
 
     Nothing else jobq does needs a session: its advisory locks are transaction-scoped, it uses
-    no temporary tables, WITH HOLD or server-side cursors, and the one SET (the time zone, in
-    the "connect" event) is a parameter PgBouncer tracks per client and sets again on each
-    server connection it hands over; Timestamp reads right in any zone besides.
+    no temporary tables, WITH HOLD or server-side cursors, ``unbounded`` is a SET LOCAL, and
+    of the session's settings only the time zone is kept there (``session_settings``), a
+    parameter PgBouncer tracks per client and sets again on each server connection it hands
+    over; Timestamp reads right in any zone besides.
     """
     if settings.db_pooler == "transaction":
         return {"prepare_threshold": None}
@@ -314,9 +347,8 @@ def _listen_target(engine: Engine, settings: Settings) -> str | None:
     """Where the LISTEN connection goes: JOBQ_LISTEN_URL when set; else the engine's own
     server, unless that is a pooler in transaction mode, which would hand the LISTEN to one
     server connection and the notifications to whichever client has it then (or to none)."""
-    if settings.listen_url is not None:
-        return make_url(settings.listen_url).set(drivername="postgresql").render_as_string(
-            hide_password=False)
+    if settings.listen_url is not None:  # libpq reads the URL itself, many hosts and all
+        return settings.listen_url.replace("postgresql+psycopg://", "postgresql://", 1)
     if settings.db_pooler == "transaction":
         log.warning("JOBQ_DB_POOLER=transaction and no JOBQ_LISTEN_URL: no LISTEN, so idle "
                     "workers find new jobs by polling, every JOBQ_POLL_INTERVAL_SECONDS "

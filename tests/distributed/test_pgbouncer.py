@@ -258,6 +258,38 @@ def test_transaction_mode_without_listen_url_falls_back_to_polling(
     assert "jobq-listen" not in listening and _count(database, LISTENERS) == 0
 
 
+@pytest.mark.timeout(60)
+def test_transaction_mode_leaves_no_session_settings_on_shared_server_connections(
+    pgbouncer: Callable[[str], PgBouncer], database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """jobq's timeouts, set per session, would stay on whichever server connection ran the
+    SET and reach the pooler's later clients; behind a transaction pooler only the time zone
+    (which PgBouncer carries per client) is set, and a warning says where the timeouts go."""
+    bouncer = pgbouncer("transaction")
+    with psycopg.connect(database) as direct:
+        default = direct.execute("SHOW statement_timeout").fetchone()[0]
+    store = open_store(load_settings(database_url=bouncer.url(database),
+                                     db_pooler="transaction"))
+    try:
+        for _ in range(10):
+            store.get(store.enqueue(NewJob("echo", "x")).job.id)
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW TimeZone").scalar() == "UTC"
+    finally:
+        store.dispose()
+    assert "set them on jobq's role" in caplog.text
+    # As many clients at once, each inside a transaction, as the pool has server connections:
+    # together they see every one of them.
+    others = [psycopg.connect(bouncer.url(database), prepare_threshold=None)
+              for _ in range(bouncer.pool_size or 4)]
+    try:
+        seen = [c.execute("SHOW statement_timeout").fetchone()[0] for c in others]
+    finally:
+        for c in others:
+            c.close()
+    assert seen == [default] * len(others)
+
+
 def test_timestamps_read_right_whatever_the_session_time_zone(database: str) -> None:
     """jobq sets its sessions to UTC (a SET that PgBouncer, in transaction mode, carries from
     server connection to server connection); should a session be in another zone all the

@@ -309,3 +309,26 @@ def test_bad_pooler_settings_name_their_variable(
         monkeypatch.setenv(k, v)
     with pytest.raises(ConfigError, match=named):
         load_settings()
+
+
+def test_where_the_listen_connection_goes() -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    from jobq.store import make_engine
+    from jobq.store.postgres import _listen_target
+
+    url = "postgresql://u@pgbouncer:6432/jobs"
+    listen = "postgresql://u@a:5432,b:5433/jobs?target_session_attrs=read-write"
+    for pooler, listen_url, expected in [
+        ("none", None, "postgresql://u@pgbouncer:6432/jobs"),
+        ("transaction", listen, listen),  # as libpq takes it: every host
+        ("transaction", None, None),  # no LISTEN through a transaction pooler
+    ]:
+        s = load_settings(database_url=url, db_pooler=pooler, listen_url=listen_url)
+        engine = make_engine(s)
+        try:
+            got = _listen_target(engine, s)
+        finally:
+            engine.dispose()
+        assert (got if got is None else conninfo_to_dict(got)) == (
+            expected if expected is None else conninfo_to_dict(expected))
