@@ -224,7 +224,9 @@ class Postgres:
         settings: Settings,
     ) -> Coroutine[Any, Any, None] | None:
         dsn = _listen_target(engine, settings)
-        return None if dsn is None else listen(dsn, queues, wake)
+        if dsn is None:
+            return None
+        return listen(dsn, queues, wake, network_deadlines(settings.db_network_timeout_seconds))
 
     def unbounded(self, conn: Connection) -> None:
         conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
@@ -275,9 +277,8 @@ def network_deadlines(seconds: float) -> dict[str, int]:
 def session_settings(settings: Settings) -> dict[str, str]:
     """What every session of jobq sets on the server when it connects.
 
-    Timestamps arrive in UTC and need no conversion (tables.Timestamp); a session that is not
-    in UTC (one behind a transaction pooler that got another client's server connection)
-    still reads right, only how they are shown changes. The two timeouts are the server's
+    Timestamps arrive in UTC and need no conversion (tables.Timestamp); a session that is
+    somehow not in UTC still reads right, only how they are shown changes. The two timeouts are the server's
     side of the deadlines: a client that vanished mid-transaction (a partition, a frozen
     process) would otherwise hold its row locks until the server's keepalive notices, two
     hours later, and rescue skips locked rows.
@@ -401,7 +402,8 @@ def listen_dsn(engine: Engine) -> str | None:
                                              if isinstance(v, (str, int))})
 
 
-async def listen(dsn: str, queues: Collection[str], wake: Callable[[], None]) -> None:
+async def listen(dsn: str, queues: Collection[str], wake: Callable[[], None],
+                 deadlines: dict[str, int] | None = None) -> None:
     """Call ``wake`` for every notification about one of ``queues``, and once after each
     (re)connection, which catches up on anything sent while the connection was down.
 
@@ -415,9 +417,10 @@ async def listen(dsn: str, queues: Collection[str], wake: Callable[[], None]) ->
         try:
             async with await psycopg.AsyncConnection.connect(
                 dsn, autocommit=True, connect_timeout=10, application_name="jobq-listen",
-                # A peer that vanished without a word (a partition) is noticed within about a
-                # minute, and the connection is made again; polling covers the gap.
-                keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
+                # A peer that vanished without a word (a partition) is noticed as on every
+                # other connection of jobq (``network_deadlines``), and the connection is made
+                # again; polling covers the gap.
+                **(deadlines or network_deadlines(10)),
             ) as conn:
                 await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                 failures = 0
