@@ -234,10 +234,14 @@ class Settings(BaseSettings):
             # Named by their variables: load_settings can only name field-level errors itself.
             raise ValueError("JOBQ_BACKOFF_CAP_SECONDS must be >= JOBQ_BACKOFF_BASE_SECONDS")
         if self.heartbeat_interval_seconds is not None and (
-            self.heartbeat_interval_seconds >= self.lease_seconds
+            2 * self.heartbeat_interval_seconds + min(1.0, self.lease_seconds / 10)
+            >= self.lease_seconds
         ):
+            # A beat may wait up to one interval for an outcome write in flight, so two
+            # intervals must fit in a lease before the worker's self-fencing margin.
             raise ValueError(
-                "JOBQ_HEARTBEAT_INTERVAL_SECONDS must be shorter than JOBQ_LEASE_SECONDS"
+                "JOBQ_HEARTBEAT_INTERVAL_SECONDS must be under half of JOBQ_LEASE_SECONDS "
+                "(less a tenth of the lease, at most 1 s)"
             )
         if self.is_sqlite and (self.db_pooler != "none" or self.listen_url is not None):
             # Named by their variables, as above: a pooler is PostgreSQL's.

@@ -18,6 +18,10 @@ from jobq.store.dialect import Dialect, dialect_for
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: PostgreSQL's SQLSTATE for a statement cancelled (statement_timeout, or by an operator):
+#: still "not available now" to the caller (a 503, a retry), but said as what it is.
+QUERY_CANCELED = "57014"
+
 #: Execution option that marks a connection's transactions as read-only (SQLite: BEGIN
 #: DEFERRED, so reads do not queue behind the single writer).
 READ_ONLY = "jobq_read_only"
@@ -43,6 +47,10 @@ def translate(fn: Callable[P, R]) -> Callable[P, R]:
         except sa_exc.TimeoutError as exc:  # pool exhausted
             raise StoreUnavailable(f"no database connection free: {exc}") from exc
         except sa_exc.OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) == QUERY_CANCELED:
+                raise StoreUnavailable(
+                    "the statement ran past JOBQ_DB_STATEMENT_TIMEOUT_SECONDS (or was "
+                    f"cancelled): {exc.orig}") from exc
             raise StoreUnavailable(f"database unavailable: {exc.orig}") from exc
         except sa_exc.DBAPIError as exc:
             if exc.connection_invalidated:

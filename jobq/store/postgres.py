@@ -118,10 +118,9 @@ class Postgres:
 
         _ping_when_idle(engine)
         _check_role_deadlines(engine, settings)
-        session = session_settings(settings)
-
         @event.listens_for(engine, "connect")
         def _set_up_session(dbapi_conn: Any, _record: Any) -> None:
+            session = session_settings(settings, dbapi_conn.info.server_version)
             # One round trip for all of them (set_config, not one SET each).
             with dbapi_conn.cursor() as cur:
                 cur.execute("SELECT " + ", ".join("set_config(%s, %s, false)" for _ in session),
@@ -274,7 +273,7 @@ def network_deadlines(seconds: float) -> dict[str, int]:
     }
 
 
-def session_settings(settings: Settings) -> dict[str, str]:
+def session_settings(settings: Settings, server_version: int = 150000) -> dict[str, str]:
     """What every session of jobq sets on the server when it connects.
 
     Timestamps arrive in UTC and need no conversion (tables.Timestamp); a session that is
@@ -290,7 +289,27 @@ def session_settings(settings: Settings) -> dict[str, str]:
         # too), and be missing on the others. They belong to jobq's role there (README,
         # "Behind PgBouncer"); _check_role_deadlines says when they are not.
         return {"TimeZone": "UTC"}
-    return {"TimeZone": "UTC", **_deadlines(settings)}
+    return {"TimeZone": "UTC", **_deadlines(settings),
+            **_server_network(settings.db_network_timeout_seconds, server_version)}
+
+
+def _server_network(seconds: float, server_version: int) -> dict[str, str]:
+    """The server's side of the network deadlines. A backend still running a statement for a
+    client that vanished (waiting on a lock, or sending a large answer nobody reads) is not
+    idle in a transaction: it holds its locks until the statement ends. Its own keepalives
+    and user timeout let the server's kernel declare the connection dead, and
+    client_connection_check_interval (PostgreSQL 14 and later) makes the backend look, and
+    end the statement, while it runs."""
+    whole = max(1, int(seconds))
+    out = {
+        "tcp_keepalives_idle": str(max(1, whole // 3)),
+        "tcp_keepalives_interval": str(max(1, whole // 6)),
+        "tcp_keepalives_count": "3",
+        "tcp_user_timeout": f"{whole * 1000}ms",
+    }
+    if server_version >= 140000:
+        out["client_connection_check_interval"] = f"{max(1, whole // 3) * 1000}ms"
+    return out
 
 
 def _deadlines(settings: Settings) -> dict[str, str]:

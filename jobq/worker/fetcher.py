@@ -9,10 +9,12 @@ or, when the queue looked empty, a poll interval passes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from jobq.errors import StoreUnavailable
 from jobq.registry import TaskRegistry
 from jobq.settings import Settings
 from jobq.store import SqlStore
@@ -20,7 +22,9 @@ from jobq.types import ClaimedJob
 from jobq.worker.db import Db
 from jobq.worker.executor import run_claimed
 from jobq.worker.loop import jittered, sleep
-from jobq.worker.slots import Running, Slots
+from jobq.worker.slots import Running, Slots, fence_at
+
+log = logging.getLogger("jobq.worker")
 
 
 @dataclass
@@ -43,16 +47,40 @@ class Fetcher:
             # Full: wait for a slot rather than poll.
             await sleep(self.settings.poll_interval_seconds, wake)
             return 0.0
+        if self._beats_overdue():
+            # Claims get through while heartbeats do not (a lock on our worker row, a
+            # struggling server): new jobs would only be fenced and charged an attempt.
+            await sleep(self.settings.poll_interval_seconds, wake)
+            return 0.0
         sent = time.monotonic()
         claimed = await self.db.call(
             self.store.claim, self.worker_id, self.queues, free, self.settings.lease_seconds
         )
+        if claimed and time.monotonic() >= fence_at(sent, self.settings.lease_seconds):
+            # The answer came so late that these leases may have lapsed already (a stalled
+            # commit, a frozen process): starting them could overlap a rescued copy.
+            await self._give_back(claimed)
+            return 0.0
         for c in claimed:
             self.start(c, sent)
         if len(claimed) < free:
             # The queue is (for now) empty: poll again later, sooner when woken.
             await sleep(jittered(self.settings.poll_interval_seconds), wake)
         return 0.0
+
+    def _beats_overdue(self) -> bool:
+        if not self.settings.heartbeat_enabled:
+            return False
+        overdue = 2 * self.settings.heartbeat_seconds + min(1.0, self.settings.lease_seconds / 10)
+        return time.monotonic() - self.slots.beat_confirmed > overdue
+
+    async def _give_back(self, claimed: Sequence[ClaimedJob]) -> None:
+        log.warning("a claim of %d job(s) answered too late to be safe; giving them back",
+                    len(claimed))
+        try:
+            await self.db.write(self.store.release, [c.lease for c in claimed])
+        except StoreUnavailable:
+            pass  # their leases lapse and rescue takes them
 
     def start(self, claimed: ClaimedJob, sent: float) -> Running:
         running = self.slots.add(claimed, sent)

@@ -22,7 +22,7 @@ from jobq.settings import Settings
 from jobq.store import SqlStore
 from jobq.types import WorkerRegistration
 from jobq.worker.db import Db
-from jobq.worker.slots import Running, Slots
+from jobq.worker.slots import Running, Slots, fence_at
 
 log = logging.getLogger("jobq.worker")
 
@@ -41,13 +41,14 @@ class Heartbeat:
     async def beat(self) -> float:
         # Waits for an outcome write in flight, but at most one heartbeat interval.
         async with self.db.turn(self.settings.heartbeat_seconds):
-            tokens = [*self.slots.tokens(), *self.slots.outbox.tokens()]  # after that write
+            tokens = [*self.slots.live_tokens(), *self.slots.outbox.tokens()]  # after that write
             sent = time.monotonic()
             valid = await self.db.call(
                 self.store.heartbeat, self.registration.id, tokens,
                 self.settings.lease_seconds, registration=self.registration,
             )
         self.slots.renewed(valid, sent)
+        self.slots.beat_confirmed = max(self.slots.beat_confirmed, sent)
         gone = [t for t in tokens if t not in valid]
         self.slots.lose(gone, "lease lost (rescued or cancelled)")
         for lease in self.slots.outbox.drop_lost(gone):
@@ -56,11 +57,7 @@ class Heartbeat:
         return self.settings.heartbeat_seconds
 
     def fence_at(self, running: Running) -> float:
-        """When to stop ``running``'s handler unless a beat renews its lease first: a margin
-        before the earliest moment its lease can expire (for clocks that run at slightly
-        different rates, and for the stop itself)."""
-        lease = self.settings.lease_seconds
-        return running.renewed_from + lease - min(1.0, lease / 10)
+        return fence_at(running.renewed_from, self.settings.lease_seconds)
 
     async def fence(self) -> float:
         """Stop the handlers whose leases could not be confirmed in time; return how long

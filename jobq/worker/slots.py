@@ -10,12 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from jobq.types import ClaimedJob, Lease, Outcome
 
 log = logging.getLogger("jobq.worker")
+
+
+def fence_at(renewed_from: float, lease_seconds: float) -> float:
+    """When a handler whose lease was renewed from ``renewed_from`` (monotonic) must stop,
+    unless a beat renews it first: a margin before the earliest moment its lease can expire on
+    the database's clock (for clocks that run at slightly different rates, and for the stop
+    itself)."""
+    return renewed_from + lease_seconds - min(1.0, lease_seconds / 10)
 
 
 @dataclass
@@ -94,12 +103,19 @@ class Slots:
         self.outbox = outbox
         self._running: dict[str, Running] = {}
         self.wake = asyncio.Event()  # a slot freed, jobs rescued, or stopping: fetch now
+        #: Monotonic send time of the last heartbeat that got through (start: now).
+        self.beat_confirmed = time.monotonic()
 
     def __len__(self) -> int:
         return len(self._running)
 
     def tokens(self) -> list[str]:
         return list(self._running)
+
+    def live_tokens(self) -> list[str]:
+        """The tokens of the handlers not taken away: the leases worth renewing (a handler
+        stopped by a fence may take a moment to return; its lease must lapse meanwhile)."""
+        return [t for t, r in self._running.items() if not r.taken_away]
 
     def free(self) -> int:
         """How many jobs may be claimed now.

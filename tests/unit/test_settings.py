@@ -175,6 +175,9 @@ def test_queue_names_are_checked_when_given_as_a_list() -> None:
          ["JOBQ_BACKOFF_CAP_SECONDS", "JOBQ_BACKOFF_BASE_SECONDS"]),
         ({"JOBQ_LEASE_SECONDS": "10", "JOBQ_HEARTBEAT_INTERVAL_SECONDS": "10"},
          ["JOBQ_HEARTBEAT_INTERVAL_SECONDS", "JOBQ_LEASE_SECONDS"]),
+        # Two intervals and the fencing margin must fit in the lease: 2 × 4.6 + 1 > 10.
+        ({"JOBQ_LEASE_SECONDS": "10", "JOBQ_HEARTBEAT_INTERVAL_SECONDS": "4.6"},
+         ["JOBQ_HEARTBEAT_INTERVAL_SECONDS", "JOBQ_LEASE_SECONDS"]),
     ],
 )
 def test_inconsistent_values_name_the_variables(

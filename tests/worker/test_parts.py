@@ -110,6 +110,25 @@ def test_the_fetcher_never_claims_more_than_the_free_slots(
     run(store, fast, test)
 
 
+def test_the_fetcher_claims_nothing_while_heartbeats_are_overdue(
+    store: SqlStore, fast: Settings
+) -> None:
+    """Claims that get through while beats do not would only be fenced and charged."""
+    job = enqueue(store, task_type="ok")
+
+    async def test(worker: Worker) -> None:
+        worker.slots.beat_confirmed = time.monotonic() - 10 * fast.heartbeat_seconds
+        await worker.fetcher.fetch()
+        assert len(worker.slots) == 0
+        assert store.get(job.id, with_attempts=False).state is JobState.PENDING
+        await worker.heartbeat.beat()  # a beat gets through: claims resume
+        await worker.fetcher.fetch()
+        await settled(worker)
+        assert store.get(job.id, with_attempts=False).state is JobState.RUNNING
+
+    run(store, fast, test)
+
+
 def test_unwritten_outcomes_beyond_one_batch_hold_claims_back(
     store: SqlStore, fast: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
