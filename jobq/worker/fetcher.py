@@ -49,7 +49,9 @@ class Fetcher:
             return 0.0
         if self._beats_overdue():
             # Claims get through while heartbeats do not (a lock on our worker row, a
-            # struggling server): new jobs would only be fenced and charged an attempt.
+            # struggling server): new jobs would only be fenced and charged an attempt. Only
+            # once no beat got through for as long as a fence allows: a merely slow beat (a
+            # busy machine) must not hold claims back.
             await sleep(self.settings.poll_interval_seconds, wake)
             return 0.0
         sent = time.monotonic()
@@ -71,8 +73,8 @@ class Fetcher:
     def _beats_overdue(self) -> bool:
         if not self.settings.heartbeat_enabled:
             return False
-        overdue = 2 * self.settings.heartbeat_seconds + min(1.0, self.settings.lease_seconds / 10)
-        return time.monotonic() - self.slots.beat_confirmed > overdue
+        lease = self.settings.lease_seconds
+        return time.monotonic() > fence_at(self.slots.beat_confirmed, lease)
 
     async def _give_back(self, claimed: Sequence[ClaimedJob]) -> None:
         log.warning("a claim of %d job(s) answered too late to be safe; giving them back",

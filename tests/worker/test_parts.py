@@ -117,7 +117,7 @@ def test_the_fetcher_claims_nothing_while_heartbeats_are_overdue(
     job = enqueue(store, task_type="ok")
 
     async def test(worker: Worker) -> None:
-        worker.slots.beat_confirmed = time.monotonic() - 10 * fast.heartbeat_seconds
+        worker.slots.beat_confirmed = time.monotonic() - fast.lease_seconds
         await worker.fetcher.fetch()
         assert len(worker.slots) == 0
         assert store.get(job.id, with_attempts=False).state is JobState.PENDING
