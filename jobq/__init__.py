@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from jobq.registry import JobContext, task
+from jobq.schedules import schedule
 
 if TYPE_CHECKING:
     from jobq.service import JobService
 
-__all__ = ["task", "JobContext", "connect"]
+__all__ = ["task", "schedule", "JobContext", "connect"]
 __version__ = "0.1.0"
 
 

@@ -9,9 +9,11 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from jobq.errors import ConfigError, UnknownTask
+from jobq.schedules import InvalidSchedule, Schedule, make_schedule
 from jobq.settings import NAME_PATTERN
 
 
@@ -65,6 +67,7 @@ def _wants_context(name: str, fn: Callable[..., Any]) -> bool:
 class TaskRegistry:
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
+        self._schedules: dict[str, Schedule] = {}
 
     def register(
         self, name: str, fn: Callable[..., Any], *, max_attempts: int | None = None
@@ -99,24 +102,80 @@ class TaskRegistry:
     def names(self) -> list[str]:
         return sorted(self._tasks)
 
+    def add_schedule(self, schedule: Schedule) -> None:
+        """Declare a periodic job (``jobq.schedule``, ``@task(schedule=...)``). The same
+        declaration twice (a module imported twice) is one; another under a taken name is
+        an error."""
+        existing = self._schedules.get(schedule.name)
+        if existing is not None and existing != schedule:
+            raise InvalidSchedule(f"schedule {schedule.name!r} is already declared (for task "
+                             f"{existing.task_type!r}, {existing.expression!r}): give this "
+                             "one a name of its own (name=...)")
+        self._schedules[schedule.name] = schedule
+
+    def schedules(self) -> list[Schedule]:
+        """The declared schedules, by name."""
+        return [self._schedules[n] for n in sorted(self._schedules)]
+
+    def check_schedules(self) -> None:
+        """Every schedule names a registered task (checked once the modules are imported,
+        since a schedule may be declared before its task)."""
+        unknown = [f"{s.name!r} (task {s.task_type!r})" for s in self._schedules.values()
+                   if s.task_type not in self._tasks]
+        if unknown:
+            raise ConfigError(f"schedules of unknown tasks: {', '.join(unknown)}; known "
+                              f"tasks: {', '.join(self.names())}")
+
 
 #: Where ``@task`` registers. Modules named in JOBQ_TASKS are imported so that their
 #: decorators run; then the worker and the API read from here.
 default_registry = TaskRegistry()
 
 
-def task(name: str, *, max_attempts: int | None = None) -> Callable[[Callable[..., Any]], Any]:
+def task(
+    name: str,
+    *,
+    max_attempts: int | None = None,
+    # A periodic job of this task (more, or with more options: ``jobq.schedule``).
+    schedule: str | timedelta | None = None,
+    every: timedelta | float | None = None,
+    schedule_tz: str | None = None,
+    schedule_payload: Any = None,
+    catch_up: bool = False,
+) -> Callable[[Callable[..., Any]], Any]:
     """Register a handler: ``@task("send_email", max_attempts=5)`` on a def or an async def.
 
     The handler receives the job's payload; a handler with a second parameter also receives a
     JobContext. Its return value (JSON) becomes the job's result; an exception fails the attempt.
+
+    ``schedule="*/5 * * * *"`` (cron, in ``schedule_tz``, default UTC) or
+    ``schedule=timedelta(seconds=30)`` / ``every=30`` (an interval) also enqueues a job of
+    it at every tick, with ``schedule_payload``, under the schedule name ``name``
+    (see jobq.schedules).
     """
+    periodic = _task_schedule(name, schedule, every, schedule_tz, schedule_payload, catch_up)
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         default_registry.register(name, fn, max_attempts=max_attempts)
+        if periodic is not None:
+            default_registry.add_schedule(periodic)
         return fn
 
     return decorate
+
+
+def _task_schedule(name: str, schedule: str | timedelta | None, every: timedelta | float | None,
+                   tz: str | None, payload: Any, catch_up: bool) -> Schedule | None:
+    """``@task``'s schedule, checked when the decorator is written (at import)."""
+    if schedule is not None and every is not None:
+        raise InvalidSchedule(f"task {name!r}: give schedule= or every=, not both")
+    given = schedule if schedule is not None else every
+    if given is None:
+        if tz is not None or payload is not None or catch_up:
+            raise InvalidSchedule(f"task {name!r}: schedule_tz, schedule_payload and catch_up "
+                             "need schedule= or every=")
+        return None
+    return make_schedule(name, given, name=name, tz=tz, payload=payload, catch_up=catch_up)
 
 
 def load_registry(modules: Iterable[str]) -> TaskRegistry:
@@ -127,4 +186,7 @@ def load_registry(modules: Iterable[str]) -> TaskRegistry:
             importlib.import_module(module)
         except ImportError as exc:
             raise ConfigError(f"JOBQ_TASKS: cannot import task module {module!r}: {exc}") from exc
+        except InvalidSchedule as exc:
+            raise ConfigError(f"JOBQ_TASKS: task module {module!r}: {exc}") from exc
+    default_registry.check_schedules()
     return default_registry

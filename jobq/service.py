@@ -1,5 +1,5 @@
 """The one API that the HTTP app, the CLI and Python callers use: enqueue, get, list, cancel,
-retry, stats. It applies defaults and checks task names; the store does the rest."""
+retry, stats, schedules. It applies defaults and checks task names; the store does the rest."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from jobq.errors import (
 )
 from jobq.keys import ApiKey, NewKey, hash_secret, new_token, prefix_of
 from jobq.registry import TaskRegistry, load_registry
+from jobq.schedules import ScheduleState
 from jobq.settings import Settings
 from jobq.store import SqlStore, open_store
 from jobq.types import EnqueueResult, Job, JobState, NewJob, Page, Stats
@@ -212,6 +213,13 @@ class JobService:
         if allowed_queues is not None:
             return self.store.stats(live_worker_seconds=live, queues=sorted(allowed_queues))
         return self.store.stats(live_worker_seconds=live)
+
+    def list_schedules(
+        self, *, allowed_queues: Collection[str] | None = None
+    ) -> list[ScheduleState]:
+        """The periodic jobs that workers declared, where each stands; with
+        ``allowed_queues``, those whose jobs go to one of them."""
+        return self.store.list_schedules(queues=allowed_queues)
 
     def ping(self) -> datetime:
         return self.store.ping()

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         "where JOBQ_DATABASE_URL goes, or, with JOBQ_DB_POOLER=transaction, nowhere (idle "
         "workers then find jobs by polling, every JOBQ_POLL_INTERVAL_SECONDS)."
     )
+    scheduler_enabled: bool = Field(
+        True, description="Enqueue the periodic jobs that the task modules declare "
+        "(jobq.schedule, @task(schedule=...)); every worker may, and each tick is enqueued "
+        "once however many do."
+    )
     retention_seconds: float = Field(
         7 * 86400, ge=0, description="Finished jobs (done, failed, cancelled) older than this "
         "are deleted with their attempts; 0 keeps them forever."

@@ -60,7 +60,8 @@ def pg_url() -> Iterator[str]:
 
 def _truncate(url: str) -> None:
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as c:
-        c.execute("TRUNCATE jobq_jobs, jobq_attempts, jobq_workers, jobq_api_keys RESTART IDENTITY CASCADE")
+        c.execute("TRUNCATE jobq_jobs, jobq_attempts, jobq_workers, jobq_api_keys, jobq_schedules "
+                  "RESTART IDENTITY CASCADE")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -309,6 +309,30 @@ class StatsOut(BaseModel):
     finished_last_minute: int = Field(description="Jobs that reached a final state recently.")
 
 
+class ScheduleOut(_Out):
+    name: str = Field(description="The schedule's name (by default its task's).")
+    task_type: str
+    queue: str = Field(description="The queue its jobs go to.")
+    expression: str = Field(description="A cron expression, or `every <n>s` for an interval.",
+                            examples=["*/5 * * * *", "every 30s"])
+    tz: str | None = Field(description="The time zone of the cron expression; null: UTC.")
+    payload: Any = Field(description="Every job's payload.")
+    catch_up: bool = Field(description="Whether ticks missed while no worker ran are "
+                           "enqueued later (else those older than the grace are skipped).")
+    next_run_at: datetime = Field(description="Its first tick not yet enqueued.")
+    last_run_at: datetime | None = Field(description="The tick of the last job enqueued.")
+    last_job_id: int | None = Field(description="That job (it may have been pruned since).")
+    created_at: datetime
+    declared_at: datetime = Field(
+        description="When a worker last declared it (about once a minute while one does): "
+        "an old time means no running code declares it any more, and nothing runs it."
+    )
+
+
+class ScheduleList(BaseModel):
+    schedules: list[ScheduleOut] = Field(description="By name.")
+
+
 class Health(BaseModel):
     status: str = Field(examples=["ok"])
     database: str = Field(examples=["ok"])

@@ -28,6 +28,8 @@ from jobq.api.models import (
     JobDetail,
     JobOut,
     JobPage,
+    ScheduleList,
+    ScheduleOut,
     StateCounts,
     StatsOut,
     WorkerOut,
@@ -299,6 +301,22 @@ def stats(service: Service, caller: Reader) -> StatsOut:
         oldest_pending_age_seconds=s.oldest_pending_age_seconds,
         finished_last_minute=s.finished_last_minute,
     )
+
+
+@monitoring.get(
+    "/schedules",
+    summary="List periodic jobs",
+    description="Every schedule the workers declared, by name: its task, expression, next "
+    "tick, and the last tick enqueued with its job. An API key sees those of its queues.",
+    responses=problem_responses(401, 403, 422, 429, 503),
+)
+def list_schedules(
+    service: Service, caller: Reader, _: Annotated[None, only_query_params()]
+) -> ScheduleList:
+    return ScheduleList(schedules=[
+        ScheduleOut.model_validate(s)
+        for s in service.list_schedules(allowed_queues=caller.allowed_queues)
+    ])
 
 
 @monitoring.get(

@@ -1,4 +1,4 @@
-"""The `jobq` command: up, api, worker, migrate, enqueue, stats.
+"""The `jobq` command: up, api, worker, migrate, enqueue, stats, schedules.
 
 Every option falls back to its JOBQ_* environment variable, then to the default.
 """
@@ -27,6 +27,7 @@ app.command()(serve.worker)
 app.command("migrate")(serve.migrate_cmd)
 app.command()(jobs.enqueue)
 app.command()(jobs.stats)
+app.command()(jobs.schedules)
 app.command()(tools.chaos)
 app.command()(tools.bench)
 app.add_typer(keys, name="keys")

@@ -1,8 +1,9 @@
-"""Commands on the jobs: enqueue one, show the counts."""
+"""Commands on the jobs: enqueue one, show the counts, list the periodic jobs."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Annotated, Optional
 
 import typer
@@ -82,3 +83,42 @@ def stats(
         wt.add_row(w.id, w.host, str(w.pid), ",".join(w.queues),
                    w.last_heartbeat_at.strftime("%H:%M:%S"))
     console.print(wt)
+
+
+def schedules(
+    database_url: DbUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """List the periodic jobs the workers declared: task, expression, next and last run."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with service(_settings(database_url=database_url)) as svc:
+        found = svc.list_schedules()
+
+    def when(t: datetime | None) -> str | None:
+        return None if t is None else t.isoformat()
+
+    if as_json:
+        typer.echo(json.dumps([{
+            "name": s.name, "task_type": s.task_type, "queue": s.queue,
+            "expression": s.expression, "tz": s.tz, "payload": s.payload,
+            "catch_up": s.catch_up, "next_run_at": when(s.next_run_at),
+            "last_run_at": when(s.last_run_at), "last_job_id": s.last_job_id,
+            "created_at": when(s.created_at), "declared_at": when(s.declared_at),
+        } for s in found], indent=2))
+        return
+    table = Table(title=f"schedules ({len(found)})")
+    for col in ("name", "task", "queue", "expression", "next run (UTC)", "last run (UTC)",
+                "last job", "declared (UTC)"):
+        table.add_column(col)
+
+    def short(t: datetime | None) -> str:
+        return "-" if t is None else t.strftime("%Y-%m-%d %H:%M:%S")
+
+    for s in found:
+        expression = s.expression + (f" ({s.tz})" if s.tz else "")
+        table.add_row(s.name, s.task_type, s.queue, expression, short(s.next_run_at),
+                      short(s.last_run_at), "-" if s.last_job_id is None else str(s.last_job_id),
+                      short(s.declared_at))
+    Console().print(table)

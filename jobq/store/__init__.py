@@ -1,8 +1,8 @@
 """Storage: the only package of jobq with SQL in it.
 
 ``open_store(settings)`` picks the dialect once, from the URL, and returns a ``SqlStore``
-composed of the concerns (enqueue, queries, leases, operator, maintenance, api_keys,
-tooling); ``dialect.py`` is the seam, ``postgres.py`` and ``sqlite.py`` its two sides.
+composed of the concerns (enqueue, queries, leases, operator, maintenance, schedules,
+api_keys, tooling); ``dialect.py`` is the seam, ``postgres.py`` and ``sqlite.py`` its two sides.
 """
 
 from __future__ import annotations

@@ -14,12 +14,13 @@ from jobq.store.leases import Leases
 from jobq.store.maintenance import Maintenance
 from jobq.store.operator import Operator
 from jobq.store.queries import Queries
+from jobq.store.schedules import Schedules
 from jobq.store.tooling import Tooling
 
 
-class SqlStore(Enqueue, Queries, Leases, Operator, Maintenance, ApiKeys, Tooling):
-    """Jobs, attempts, workers and API keys in a SQL database. Thread-safe; one per process.
-    Made by ``open_store``."""
+class SqlStore(Enqueue, Queries, Leases, Operator, Maintenance, Schedules, ApiKeys, Tooling):
+    """Jobs, attempts, workers, schedules and API keys in a SQL database. Thread-safe; one per
+    process. Made by ``open_store``."""
 
     def dispose(self) -> None:
         self.engine.dispose()

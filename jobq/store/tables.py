@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -236,4 +237,29 @@ api_keys = Table(
     Column("last_used_at", Timestamp, nullable=True),
     Column("revoked_at", Timestamp, nullable=True),
     sqlite_autoincrement=True,
+)
+
+# Periodic jobs (migration 0006): one row per schedule that a worker declared, by name. The
+# row holds the schedule's definition as last declared and where it stands: ``next_run_at``
+# is its first tick not yet handled. A tick's job is a job of ``queue`` whose idempotency key
+# is ``schedule:<name>:<tick>`` (``jobq/schedules.py``); ``last_job_id`` is not a foreign key,
+# since retention deletes old jobs.
+schedules = Table(
+    "jobq_schedules",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("task_type", String(128), nullable=False),
+    Column("queue", String(128), nullable=False),
+    Column("expression", String(255), nullable=False),  # cron, or "every 30s"
+    Column("tz", String(64), nullable=True),
+    Column("payload", JsonValue, nullable=True),
+    Column("catch_up", Boolean, nullable=False),
+    Column("grace_seconds", Float, nullable=False),
+    Column("max_attempts", Integer, nullable=True),
+    Column("definition", String(64), nullable=False),  # Schedule.definition, a digest
+    Column("next_run_at", Timestamp, nullable=False),
+    Column("last_run_at", Timestamp, nullable=True),  # the last enqueued tick
+    Column("last_job_id", BigId, nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("declared_at", Timestamp, nullable=False),  # last declared by a worker
 )

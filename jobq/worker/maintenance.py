@@ -36,11 +36,13 @@ class Maintenance:
         return self.settings.rescue_interval_seconds
 
     async def prune(self) -> float:
-        """Forget workers silent for ten leases; delete finished jobs past the retention
-        period (JOBQ_RETENTION_SECONDS=0 keeps them)."""
+        """Forget workers silent for ten leases; delete finished jobs, and schedules no
+        worker declares, past the retention period (JOBQ_RETENTION_SECONDS=0 keeps them)."""
         await self.db.call(self.store.prune_workers, 10 * self.settings.lease_seconds)
         if self.settings.retention_seconds <= 0:
             return self.settings.prune_interval_seconds
+        # Schedules no worker has declared that long were removed from the code.
+        await self.db.call(self.store.prune_schedules, self.settings.retention_seconds)
         deleted = await self.db.call(self.store.prune_finished, self.settings.retention_seconds)
         if deleted:
             log.info("pruned %d finished job(s) older than %.0fs", deleted,

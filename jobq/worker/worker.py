@@ -1,7 +1,8 @@
 """One worker process: the parts composed, and its life cycle.
 
 Start: register the worker, then run the loops (``loop.run_loop`` each): fetch, complete,
-heartbeat, rescue, prune, and on PostgreSQL the LISTEN that wakes the fetcher.
+heartbeat, rescue, prune, schedule (when the task modules declare periodic jobs), and on
+PostgreSQL the LISTEN that wakes the fetcher.
 
 Stop (SIGTERM/SIGINT, or ``stop()``): claim nothing more, give running jobs
 ``shutdown_grace_seconds`` to finish, release the rest back to pending without charging the
@@ -32,6 +33,7 @@ from jobq.worker.fetcher import Fetcher
 from jobq.worker.heartbeat import Heartbeat
 from jobq.worker.loop import run_loop, sleep
 from jobq.worker.maintenance import Maintenance
+from jobq.worker.scheduler import Scheduler, declared
 from jobq.worker.slots import Outbox, Slots
 
 log = logging.getLogger("jobq.worker")
@@ -66,6 +68,7 @@ class Worker:
         self.completer = Completer(store, self.db, self.outbox, settings, self.slots.wake)
         self.heartbeat = Heartbeat(store, self.db, self.slots, settings, self.registration)
         self.maintenance = Maintenance(store, self.db, settings, self.slots.wake)
+        self.scheduler = Scheduler(store, self.db, declared(self.registry, settings))
         self._stopping = asyncio.Event()  # stop claiming
         self._stopped = asyncio.Event()  # the other loops may end
         self._hurry = False  # a second signal: skip the rest of the grace period
@@ -129,6 +132,10 @@ class Worker:
             ("rescue", self.maintenance.rescue),
             ("prune", self.maintenance.prune),
         )]
+        if self.settings.scheduler_enabled and self.scheduler.schedules:
+            # Ends with the claims: a stopping worker enqueues nothing more.
+            side.append(asyncio.create_task(
+                run_loop("schedule", self.scheduler.run, self._stopping)))
         listening = (self.store.listen(self.queues or [], self.slots.wake.set, self.settings)
                      if self.settings.listen_enabled else None)
         listener = None

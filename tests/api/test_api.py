@@ -28,6 +28,7 @@ from fastapi import FastAPI
 
 from jobq.api import create_app
 from jobq.registry import load_registry
+from jobq.schedules import make_schedule
 from jobq.service import JobService
 from jobq.settings import Settings, load_settings
 from jobq.store import SqlStore
@@ -714,6 +715,24 @@ def test_cancel_and_retry_paths(client: httpx.Client, store: SqlStore) -> None:
 # -- monitoring -------------------------------------------------------------------------------
 
 
+def test_schedules_list_what_the_workers_declared(client: httpx.Client, store: SqlStore) -> None:
+    assert client.get("/schedules").json() == {"schedules": []}
+    store.declare_schedules([
+        make_schedule("echo", "0 9 * * MON-FRI", name="daily", tz="Europe/Berlin",
+                      payload={"k": 1}),
+        make_schedule("noop", 30, name="often", queue="q2"),
+    ])
+    body = client.get("/schedules").json()
+    assert [s["name"] for s in body["schedules"]] == ["daily", "often"]
+    daily, often = body["schedules"]
+    assert (daily["task_type"], daily["expression"], daily["tz"], daily["payload"]) == (
+        "echo", "0 9 * * MON-FRI", "Europe/Berlin", {"k": 1})
+    assert (often["expression"], often["queue"], often["last_run_at"], often["last_job_id"]) \
+        == ("every 30s", "q2", None, None)
+    assert parse_time(often["next_run_at"]) > parse_time(often["created_at"])
+    problem(client.get("/schedules?name=x"), 422)
+
+
 def test_stats_keys_and_counts(client: httpx.Client, store: SqlStore) -> None:
     empty = client.get("/stats")
     assert empty.status_code == 200, empty.text
@@ -835,6 +854,7 @@ def test_docs_and_openapi(client: httpx.Client) -> None:
         ("/jobs", "post"), ("/jobs", "get"), ("/jobs/{job_id}", "get"),
         ("/jobs/{job_id}/cancel", "post"), ("/jobs/{job_id}/retry", "post"),
         ("/stats", "get"), ("/healthz", "get"), ("/jobs/batch", "post"),
+        ("/schedules", "get"),
     }
     found = {(path, m) for path, ops in spec["paths"].items() for m in ops}
     assert expected == found

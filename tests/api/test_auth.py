@@ -35,6 +35,7 @@ from jobq.api import create_app
 from jobq.api.auth import RateLimiter, is_loopback
 from jobq.errors import InvalidKeySpec, KeyNotFound, Unauthorized
 from jobq.keys import ApiKey, NewKey, hash_secret, parse_token
+from jobq.schedules import make_schedule
 from jobq.service import JobService
 from jobq.settings import Settings, load_settings
 from jobq.store import SqlStore
@@ -164,6 +165,7 @@ ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/jobs/1/cancel", {}),
     ("POST", "/jobs/1/retry", {}),
     ("GET", "/stats", {}),
+    ("GET", "/schedules", {}),
 ]
 
 
@@ -331,7 +333,7 @@ def test_scopes_403_and_cancel_retry_need_admin(api: httpx.Client, svc: JobServi
         assert p["required_scope"] == scope and scope in p["detail"]
 
     forbidden(api.post("/jobs", json={"task_type": "echo"}, headers=bearer(reader)), "enqueue")
-    for path in ("/jobs", f"/jobs/{pending}", "/stats"):
+    for path in ("/jobs", f"/jobs/{pending}", "/stats", "/schedules"):
         forbidden(api.get(path, headers=bearer(enqueuer)), "read")
         assert api.get(path, headers=bearer(reader)).status_code == 200
     assert api.post("/jobs", json={"task_type": "echo"}, headers=bearer(enqueuer)).status_code \
@@ -454,6 +456,15 @@ def test_stats_show_only_the_keys_queues(api: httpx.Client, svc: JobService) -> 
     everything = api.get("/stats", headers=bearer(make_key(svc, ["*"], ["read"]))).json()
     assert set(everything["queues"]) == {"a", "b"} and everything["jobs"]["pending"] == 5
     assert {w["id"] for w in everything["workers"]} == {"w-ab", "w-b"}
+
+
+def test_schedules_show_only_the_keys_queues(api: httpx.Client, svc: JobService) -> None:
+    svc.store.declare_schedules([make_schedule("echo", 60, name="in-a", queue="a"),
+                                 make_schedule("echo", 60, name="in-b", queue="b")])
+    mine = api.get("/schedules", headers=bearer(make_key(svc, ["a"], ["read"]))).json()
+    assert [s["name"] for s in mine["schedules"]] == ["in-a"]
+    every = api.get("/schedules", headers=bearer(make_key(svc, ["*"], ["read"]))).json()
+    assert [s["name"] for s in every["schedules"]] == ["in-a", "in-b"]
 
 
 def test_idempotency_keys_of_other_queues_can_neither_be_taken_nor_seen(

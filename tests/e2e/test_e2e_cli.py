@@ -235,3 +235,37 @@ def test_api_processes_option_fails_loudly_when_it_cannot_start(procs: Procs) ->
                        str(free_port())], env, "api")
     assert api.wait(60) == 1, procs.logs()
     assert "cannot start the API" in procs.logs()
+
+
+def test_a_bad_cron_expression_stops_the_worker_at_start_with_a_message(tmp_path: Path) -> None:
+    (tmp_path / "nightly_tasks.py").write_text(
+        "from jobq import task\n"
+        "@task('nightly', schedule='0 25 * * *')\n"
+        "def nightly(payload):\n"
+        "    pass\n")
+    env = {**os.environ, "JOBQ_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+           "JOBQ_TASKS": "nightly_tasks", "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "jobq", "worker"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "schedule 'nightly': bad cron expression '0 25 * * *': Bad hour" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_jobq_schedules_lists_them_as_a_table_and_as_json(db_url: str, store) -> None:  # type: ignore[no-untyped-def]
+    from jobq.schedules import make_schedule
+
+    store.declare_schedules([make_schedule("echo", "*/5 * * * *", name="five",
+                                           tz="Europe/Berlin")])
+    env = {**os.environ, "JOBQ_DATABASE_URL": db_url, "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, "-m", "jobq", "schedules", "--json"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads(out.stdout)
+    assert (row["name"], row["task_type"], row["expression"], row["tz"]) == (
+        "five", "echo", "*/5 * * * *", "Europe/Berlin")
+    assert row["last_run_at"] is None and row["next_run_at"]
+    table = subprocess.run([sys.executable, "-m", "jobq", "schedules"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    assert "five" in table.stdout and "*/5 * * * * (Europe/Berlin)" in table.stdout

@@ -21,6 +21,7 @@ from sqlalchemy import Engine, delete, insert, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from jobq.harness import PgDatabases
+from jobq.schedules import make_schedule
 from jobq.settings import load_settings
 from jobq.store import SqlStore
 from jobq.store import make_engine
@@ -34,7 +35,7 @@ from jobq.store.migrate import (
 from jobq.store.tables import attempts, jobs, metadata
 from jobq.types import JobState, NewJob
 
-TABLES = {"jobq_jobs", "jobq_attempts", "jobq_workers", "jobq_api_keys"}
+TABLES = {"jobq_jobs", "jobq_attempts", "jobq_workers", "jobq_api_keys", "jobq_schedules"}
 
 
 @pytest.fixture
@@ -114,7 +115,7 @@ def _describe(engine: Engine) -> dict[str, Any]:
 
 
 def test_head_is_a_single_known_revision() -> None:
-    assert head_revision() == "0005"
+    assert head_revision() == "0006"
 
 
 def test_migrate_twice_is_a_noop(fresh_url: Callable[[], str]) -> None:
@@ -220,6 +221,29 @@ def test_0005_scopes_idempotency_keys_by_queue_and_keeps_every_row(
             downgrade(engine, "0004")
         assert current_revision(engine) == head_revision()
         assert [a.error for a in store.get(1).attempt_log] == ["boom"]
+    finally:
+        engine.dispose()
+
+
+def test_0006_adds_the_schedules_and_keeps_every_job(fresh_url: Callable[[], str]) -> None:
+    """From 0005 with a job: the schedules' table comes, the job stays, a schedule can be
+    declared and run; back to 0005 the table goes and the jobs stay."""
+    engine = _engine(fresh_url())
+    try:
+        migrate(engine, "0005")
+        assert "jobq_schedules" not in inspect(engine).get_table_names()
+        store = SqlStore(engine)
+        job = store.enqueue(NewJob("echo", {"keep": "me"}, idempotency_key="k")).job
+        migrate(engine)
+        assert current_revision(engine) == head_revision()
+        assert _diffs(engine) == []
+        assert store.get(job.id).payload == {"keep": "me"}
+        spec = make_schedule("echo", 60, name="minutely")
+        assert store.declare_schedules([spec]) == {"minutely": "new"}
+        assert [s.name for s in store.list_schedules()] == ["minutely"]
+        downgrade(engine, "0005")
+        assert "jobq_schedules" not in inspect(engine).get_table_names()
+        assert store.get(job.id).idempotency_key == "k"
     finally:
         engine.dispose()
 

@@ -25,6 +25,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "jobq"
 LAYER_OF = {
     "types": "domain", "errors": "domain", "settings": "domain", "jsonvalue": "domain",
     "keys": "domain", "retry": "domain", "registry": "domain", "builtin_tasks": "domain",
+    "schedules": "domain",
     "store": "store", "migrations": "migrations",
     "service": "service", "coalesce": "service",
     "worker": "worker",
