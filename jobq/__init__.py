@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from jobq.errors import Cancel, Snooze
 from jobq.registry import JobContext, task
 from jobq.schedules import schedule
 
 if TYPE_CHECKING:
     from jobq.service import JobService
 
-__all__ = ["task", "schedule", "JobContext", "connect"]
+__all__ = ["task", "schedule", "JobContext", "Snooze", "Cancel", "connect"]
 __version__ = "0.1.0"
 
 

@@ -85,6 +85,50 @@ class StoreUnavailable(JobqError):
     """The database could not be reached or is overloaded; try again later."""
 
 
+# -- Raised by handlers to steer their job ----------------------------------------------------
+
+
+class HandlerSignal(Exception):
+    """Raised by a handler to say what becomes of its job, rather than that it went wrong.
+
+    Plain exceptions (not BaseException), so the worker's threads hand them over like any
+    other; a handler's own ``except Exception:`` catches them too, so re-raise them there.
+    Not subject to a task's ``retry_on`` or ``discard_on``.
+    """
+
+
+class Snooze(HandlerSignal):
+    """``raise jobq.Snooze(seconds)``: run the job again after ``seconds`` (0 to 366 days)
+    without charging this attempt: ``ctx.attempt`` is the same number next time. The
+    attempt is logged as ``released`` with the error ``snoozed: ...``. Snoozes do not count
+    against ``max_attempts``; the task's ``max_snoozes`` (default 100) bounds how many come
+    in a row, and the one past it fails the job."""
+
+    def __init__(self, seconds: float) -> None:
+        # Imported here: types imports this module.
+        from jobq.types import MAX_DELAY_SECONDS
+
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
+            0 <= seconds <= MAX_DELAY_SECONDS  # also refuses NaN
+        ):
+            raise ValueError(f"Snooze: seconds must be a number from 0 to {MAX_DELAY_SECONDS}, "
+                             f"not {seconds!r}")
+        super().__init__(f"snoozed for {seconds:g}s")
+        self.seconds = float(seconds)
+
+
+class Cancel(HandlerSignal):
+    """``raise jobq.Cancel(reason)``: end the job now as ``cancelled``, attempts left or not;
+    ``reason`` becomes its ``last_error`` and its attempt is logged as ``cancelled``. A
+    manual retry runs it again, like any cancelled job."""
+
+    def __init__(self, reason: str = "cancelled by its handler") -> None:
+        if not isinstance(reason, str):
+            raise TypeError(f"Cancel: reason must be a string, not {type(reason).__name__}")
+        super().__init__(reason)
+        self.reason = reason
+
+
 # -- API keys ---------------------------------------------------------------------------------
 
 

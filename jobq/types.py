@@ -6,6 +6,12 @@ Job states, written once; everything else points here::
     running   --handler returned-->                 done
     running   --handler raised, attempts left-->    pending  (run_at = now + backoff with jitter)
     running   --handler raised, attempts spent-->   failed   (error + traceback kept per attempt)
+    running   --handler raised, not retryable-->    failed   (discard_on, or not in retry_on:
+                                                              at once, attempts left or not)
+    running   --handler raised Snooze(s)-->         pending  (run_at = now + s; the attempt is
+                                                              not charged; past max_snoozes
+                                                              snoozes in a row: failed)
+    running   --handler raised Cancel(reason)-->    cancelled (the reason kept as last_error)
     running   --lease expired (rescue)-->           pending | failed
     running   --graceful stop, not finished-->      pending  (the attempt is not charged)
     pending   --cancel-->                           cancelled
@@ -70,8 +76,12 @@ class AttemptOutcome(str, enum.Enum):
     DONE = "done"
     ERROR = "error"  # the handler raised
     LOST = "lost"  # the lease expired and the job was rescued
-    RELEASED = "released"  # given back on graceful shutdown; not charged
-    CANCELLED = "cancelled"  # the job was cancelled while it ran
+    #: Given back without charging the attempt: on graceful shutdown, or snoozed by the
+    #: handler (``raise jobq.Snooze(s)``; then ``error`` says ``snoozed: ...``). The schema's
+    #: CHECK constraint on the outcome (migration 0001) allows no new value without a
+    #: migration, and an older jobq reading the log would not know one.
+    RELEASED = "released"
+    CANCELLED = "cancelled"  # the job was cancelled while it ran, or by its handler (Cancel)
 
     def __str__(self) -> str:
         return self.value
@@ -212,9 +222,30 @@ class Success:
 class Failure:
     error: str
     traceback: str
+    #: Not to be retried, attempts left or not (the task's ``discard_on``, or an error not in
+    #: its ``retry_on``).
+    final: bool = False
+    #: Seconds before the retry, from the task's backoff; None: the worker's default backoff.
+    retry_delay: float | None = None
 
 
-Outcome = Success | Failure
+@dataclass(frozen=True)
+class Snoozed:
+    """The handler raised ``Snooze(seconds)``: run again after ``seconds``, uncharged; unless
+    the job was snoozed ``max_snoozes`` times in a row already, which fails it."""
+
+    seconds: float
+    max_snoozes: int
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """The handler raised ``Cancel(reason)``: the job ends now, ``cancelled``."""
+
+    reason: str
+
+
+Outcome = Success | Failure | Snoozed | Cancelled
 
 
 @dataclass(frozen=True)
