@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from jobq.errors import ConfigError, UnknownTask
+from jobq.retry import DEFAULT_MAX_SNOOZES, RetryPolicy, retry_policy
 from jobq.schedules import InvalidSchedule, Schedule, make_schedule
 from jobq.settings import NAME_PATTERN
 
@@ -42,6 +43,7 @@ class Task:
     max_attempts: int | None
     is_async: bool
     wants_context: bool
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
 
 
 def _wants_context(name: str, fn: Callable[..., Any]) -> bool:
@@ -70,13 +72,21 @@ class TaskRegistry:
         self._schedules: dict[str, Schedule] = {}
 
     def register(
-        self, name: str, fn: Callable[..., Any], *, max_attempts: int | None = None
+        self, name: str, fn: Callable[..., Any], *, max_attempts: int | None = None,
+        retry_on: Any = None, discard_on: Any = None, backoff_base: float | None = None,
+        backoff_cap: float | None = None, backoff: Callable[[int], float] | None = None,
+        max_snoozes: int = DEFAULT_MAX_SNOOZES,
     ) -> Task:
         # fullmatch: with re.match, "$" also matches before a trailing newline ("name\n").
         if not re.fullmatch(NAME_PATTERN, name):
             raise ValueError(f"task name {name!r} must match {NAME_PATTERN}")
         if max_attempts is not None and max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        try:
+            policy = retry_policy(retry_on, discard_on, backoff_base, backoff_cap, backoff,
+                             max_snoozes)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"task {name!r}: {exc}") from None
         existing = self._tasks.get(name)
         if existing is not None and existing.fn is not fn:
             raise ValueError(f"task {name!r} is already registered to {existing.fn!r}")
@@ -86,6 +96,7 @@ class TaskRegistry:
             max_attempts=max_attempts,
             is_async=inspect.iscoroutinefunction(fn),
             wants_context=_wants_context(name, fn),
+            policy=policy,
         )
         self._tasks[name] = task
         return task
@@ -136,6 +147,13 @@ def task(
     name: str,
     *,
     max_attempts: int | None = None,
+    # How its errors retry (jobq.retry.RetryPolicy).
+    retry_on: Any = None,
+    discard_on: Any = None,
+    backoff_base: float | None = None,
+    backoff_cap: float | None = None,
+    backoff: Callable[[int], float] | None = None,
+    max_snoozes: int = DEFAULT_MAX_SNOOZES,
     # A periodic job of this task (more, or with more options: ``jobq.schedule``).
     schedule: str | timedelta | None = None,
     every: timedelta | float | None = None,
@@ -148,6 +166,12 @@ def task(
     The handler receives the job's payload; a handler with a second parameter also receives a
     JobContext. Its return value (JSON) becomes the job's result; an exception fails the attempt.
 
+    Retries, per task: ``retry_on`` (exception classes): only those errors retry, any other
+    fails the job at once; ``discard_on``: those fail it at once (checked first).
+    ``backoff_base``/``backoff_cap`` (seconds) replace the worker's, each on its own; or
+    ``backoff(attempt) -> seconds`` replaces the formula. ``max_snoozes``: how many
+    ``jobq.Snooze`` in a row a job may take (the next one fails it).
+
     ``schedule="*/5 * * * *"`` (cron, in ``schedule_tz``, default UTC) or
     ``schedule=timedelta(seconds=30)`` / ``every=30`` (an interval) also enqueues a job of
     it at every tick, with ``schedule_payload``, under the schedule name ``name``
@@ -156,7 +180,11 @@ def task(
     periodic = _task_schedule(name, schedule, every, schedule_tz, schedule_payload, catch_up)
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        default_registry.register(name, fn, max_attempts=max_attempts)
+        default_registry.register(
+            name, fn, max_attempts=max_attempts, retry_on=retry_on, discard_on=discard_on,
+            backoff_base=backoff_base, backoff_cap=backoff_cap, backoff=backoff,
+            max_snoozes=max_snoozes,
+        )
         if periodic is not None:
             default_registry.add_schedule(periodic)
         return fn

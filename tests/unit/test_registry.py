@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import uuid
 from pathlib import Path
@@ -9,9 +10,11 @@ from typing import Any
 
 import pytest
 
+import jobq
 import jobq.registry as registry_module
-from jobq.errors import ConfigError, UnknownTask
+from jobq.errors import Cancel, ConfigError, Snooze, UnknownTask
 from jobq.registry import JobContext, Task, TaskRegistry, load_registry, task
+from jobq.retry import DEFAULT_MAX_SNOOZES, Backoff, RetryPolicy
 
 
 @pytest.fixture
@@ -185,3 +188,98 @@ def test_context_is_immutable() -> None:
     ctx = JobContext(job_id=1, attempt=2, max_attempts=3, queue="q", task_type="t", worker_id="w")
     with pytest.raises(AttributeError):
         ctx.attempt = 3  # type: ignore[misc]
+
+
+# -- The task's own retry policy (issue 13) ---------------------------------------------------
+
+
+def test_retry_options_are_kept_on_the_task_and_decide_what_retries(fresh: TaskRegistry) -> None:
+    def backoff(attempt: int) -> float:
+        return 7.0 * attempt
+
+    @task("fetch", retry_on=(TimeoutError, ConnectionError), discard_on=ConnectionResetError,
+          backoff=backoff, max_snoozes=3)
+    def fetch(payload: Any) -> None: ...
+
+    policy = fresh.get("fetch").policy
+    assert policy.retry_on == (TimeoutError, ConnectionError)
+    assert policy.discard_on == (ConnectionResetError,)  # one class is taken as a tuple
+    assert policy.max_snoozes == 3
+    assert policy.retries(TimeoutError()) and policy.retries(ConnectionRefusedError())
+    assert not policy.retries(ConnectionResetError())  # discard_on first, though a retry_on
+    assert not policy.retries(ValueError())  # not in retry_on: fails at once
+    default = Backoff(base=1, cap=2)
+    assert policy.delay(3, default) == 21.0
+
+
+def test_without_options_every_error_retries_with_the_workers_backoff() -> None:
+    policy = TaskRegistry().register("plain", lambda p: p).policy
+    assert policy == RetryPolicy() and policy.max_snoozes == DEFAULT_MAX_SNOOZES
+    assert policy.retries(ValueError()) and policy.retries(KeyError())
+    assert policy.delay(1, Backoff(base=0, cap=0)) == 0.0
+
+
+def test_backoff_base_and_cap_each_replace_the_workers_own() -> None:
+    reg = TaskRegistry()
+    default = Backoff(base=1, cap=1)
+    base_only = reg.register("a", lambda p: p, backoff_base=100).policy
+    cap_only = reg.register("b", lambda p: p, backoff_cap=0).policy
+    both = reg.register("c", lambda p: p, backoff_base=0, backoff_cap=0).policy
+    assert 0 <= base_only.delay(1, default) <= 1.0  # the worker's cap still holds
+    assert cap_only.delay(5, default) == 0.0
+    assert both.delay(1, Backoff(base=50, cap=50)) == 0.0
+
+
+def test_a_backoff_callable_that_misbehaves_falls_back_to_the_default() -> None:
+    reg = TaskRegistry()
+    default = Backoff(base=0, cap=0)  # always 0: tells the fallback apart
+
+    def raises(attempt: int) -> float:
+        raise RuntimeError("bug")
+
+    for name, fn in (("raises", raises), ("negative", lambda a: -1),
+                     ("nan", lambda a: float("nan")), ("text", lambda a: "5")):
+        assert reg.register(name, lambda p: p, backoff=fn).policy.delay(1, default) == 0.0
+
+
+class _Custom(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    ({"retry_on": ValueError("not a class")}, "retry_on takes exception classes"),
+    ({"retry_on": (int,)}, "retry_on takes exception classes"),
+    ({"discard_on": (KeyboardInterrupt,)}, "discard_on takes exception classes"),
+    ({"discard_on": 3}, "task 'bad': discard_on takes exception classes"),
+    ({"retry_on": (Snooze,)}, "Snooze steers the job"),
+    ({"discard_on": (Cancel,)}, "Cancel steers the job"),
+    ({"retry_on": (_Custom, KeyError), "discard_on": (_Custom,)}, "_Custom: in both"),
+    ({"backoff_base": -1}, "backoff_base must be seconds"),
+    ({"backoff_cap": float("inf")}, "backoff_cap must be seconds"),
+    ({"backoff_base": True}, "backoff_base must be seconds"),
+    ({"backoff_base": "1"}, "backoff_base must be seconds"),
+    ({"backoff_base": 10, "backoff_cap": 5}, "backoff_cap must be at least backoff_base"),
+    ({"backoff": 5}, "backoff must be a callable"),
+    ({"backoff": lambda a: 1, "backoff_cap": 5}, "not both"),
+    ({"max_snoozes": -1}, "max_snoozes must be an integer"),
+    ({"max_snoozes": 1.5}, "max_snoozes must be an integer"),
+    ({"max_snoozes": 10**9}, "max_snoozes must be an integer"),
+])
+def test_bad_retry_options_are_refused_at_registration(options: dict[str, Any],
+                                                       says: str) -> None:
+    reg = TaskRegistry()
+    with pytest.raises(ValueError, match=re.escape(says)):
+        reg.register("bad", lambda p: p, **options)
+    assert "bad" not in reg
+
+
+def test_snooze_and_cancel_are_exported_and_check_their_arguments() -> None:
+    assert jobq.Snooze is Snooze and jobq.Cancel is Cancel
+    assert Snooze(0).seconds == 0.0 and Snooze(2.5).seconds == 2.5
+    for bad in (-1, float("nan"), float("inf"), 367 * 86400, "5", True, None):
+        with pytest.raises(ValueError, match="Snooze: seconds"):
+            Snooze(bad)  # type: ignore[arg-type]
+    assert Cancel("no longer wanted").reason == "no longer wanted"
+    assert Cancel().reason
+    with pytest.raises(TypeError):
+        Cancel(42)  # type: ignore[arg-type]
