@@ -24,13 +24,45 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, func, select
 
 from jobq.store.dialect import Dialect
 from jobq.store.exprs import db_now
 from jobq.store.tables import attempts
 from jobq.types import Attempt, AttemptOutcome, JobState
 
+#: How a snoozed attempt is told apart in the log: it is ``released`` (given back, not
+#: charged, as at a graceful stop; the outcome's CHECK constraint has no other value for it)
+#: and its error begins with this. A graceful stop's release has no error.
+SNOOZED = "snoozed"
+
+
+def snooze_note(seconds: float) -> str:
+    return f"{SNOOZED}: runs again in {seconds:g}s, not charged"
+
+
+def is_snooze(outcome: str, error: str | None) -> bool:
+    return outcome == AttemptOutcome.RELEASED.value and (error or "").startswith(SNOOZED)
+
+
+def snoozes_in_a_row(conn: Connection, job_id: int, limit: int) -> int:
+    """How many of the job's latest ended attempts were snoozes, counted back from the
+    latest until another outcome (or ``limit``, beyond which nobody asks)."""
+    if limit <= 0:
+        return 0
+    rows = conn.execute(
+        select(attempts.c.outcome,
+               func.substr(attempts.c.error, 1, len(SNOOZED)).label("head"))
+        .where(attempts.c.job_id == job_id)
+        .order_by(attempts.c.id.desc())
+        .limit(limit)
+    ).all()
+    streak = 0
+    for r in rows:
+        if not is_snooze(r.outcome, r.head):
+            break
+        streak += 1
+    return streak
 
 
 def upsert(dialect: Dialect) -> Any:

@@ -1,6 +1,7 @@
-"""A worker's transitions: claim, complete, fail, release, heartbeat, and the rescue of jobs
-whose lease expired. Each write by a claim's holder is guarded by ``exprs.held``: it names
-the state it expects and the claim's fencing token, and zero rows means the lease was lost.
+"""A worker's transitions: claim, complete, fail, snooze and cancel_running (what a
+handler's Snooze and Cancel ask), release, heartbeat, and the rescue of jobs whose lease
+expired. Each write by a claim's holder is guarded by ``exprs.held``: it names the state it
+expects and the claim's fencing token, and zero rows means the lease was lost.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     Float,
     Integer,
     Select,
@@ -23,7 +25,7 @@ from sqlalchemy import (
 
 from jobq.store import attempt_log
 from jobq.store.base import StoreBase, translate
-from jobq.store.dialect import ClaimRunner, CompletionRunner
+from jobq.store.dialect import ClaimRunner, CompletionRunner, Dialect
 from jobq.store.exprs import NO_LEASE, db_now, held, in_state, new_token, seconds_from_now
 from jobq.store.maintenance import insert_worker
 from jobq.store.rows import built, job_of
@@ -38,6 +40,7 @@ from jobq.types import (
 )
 
 PENDING, RUNNING, FAILED = JobState.PENDING.value, JobState.RUNNING.value, JobState.FAILED.value
+CANCELLED = JobState.CANCELLED.value
 
 
 class Leases(StoreBase):
@@ -123,32 +126,62 @@ class Leases(StoreBase):
 
     @translate
     def fail(
-        self, lease: Lease, error: str, tb: str, retry_delay_seconds: float
+        self, lease: Lease, error: str, tb: str, retry_delay_seconds: float, *,
+        final: bool = False,
     ) -> JobState | None:
-        """running → pending (after ``retry_delay_seconds``) or, with no attempts left, failed.
+        """running → pending (after ``retry_delay_seconds``) or, with no attempts left or
+        ``final`` (the task does not retry this error), failed.
 
         Returns the new state, or None when the lease was lost (the job is not changed).
         """
-        spent = jobs.c.attempts >= jobs.c.max_attempts
         with self.write() as conn:
+            return _fail(conn, self.dialect, lease, error, tb, retry_delay_seconds, final)
+
+    @translate
+    def snooze(self, lease: Lease, seconds: float, max_snoozes: int) -> JobState | None:
+        """running → pending after ``seconds``, the attempt given back (its handler raised
+        Snooze): logged as released, ``snoozed: ...``. Unless the job's latest
+        ``max_snoozes`` attempts were all snoozes: then this one fails it for good.
+
+        Returns the new state, or None when the lease was lost (the job is not changed).
+        """
+        with self.write() as conn:
+            if attempt_log.snoozes_in_a_row(conn, lease.job_id, max_snoozes) >= max_snoozes:
+                why = (f"Snooze: snoozed {max_snoozes} times in a row, the most its task "
+                       "allows (max_snoozes)")
+                return _fail(conn, self.dialect, lease, why, "", 0.0, True)
             row = conn.execute(
                 update(jobs)
                 .where(held(lease.token, lease.job_id))
-                .values(
-                    state=case((spent, FAILED), else_=PENDING),
-                    run_at=case((spent, jobs.c.run_at),
-                                else_=seconds_from_now(retry_delay_seconds)),
-                    finished_at=case((spent, db_now()), else_=None),
-                    last_error=error,
-                    **NO_LEASE,
-                )
-                .returning(jobs.c.state, jobs.c.started_at)
+                .values(state=PENDING, attempts=jobs.c.attempts - 1,
+                        run_at=seconds_from_now(seconds), **NO_LEASE)
+                .returning(jobs.c.started_at, jobs.c.queue)
             ).first()
             if row is None:
                 return None
             attempt_log.record(conn, self.dialect, [_of_lease(lease, row.started_at)],
-                               AttemptOutcome.ERROR, error, tb)
-        return JobState(row.state)
+                               AttemptOutcome.RELEASED, attempt_log.snooze_note(seconds))
+            if seconds <= 0:
+                self.dialect.wake(conn, [row.queue])
+        return JobState.PENDING
+
+    @translate
+    def cancel_running(self, lease: Lease, reason: str) -> bool:
+        """running → cancelled at its holder's word (its handler raised Cancel), attempts
+        left or not; ``reason`` is kept as the job's last error and its attempt's error.
+        False when the lease was lost (the job is not changed)."""
+        with self.write() as conn:
+            row = conn.execute(
+                update(jobs)
+                .where(held(lease.token, lease.job_id))
+                .values(state=CANCELLED, finished_at=db_now(), last_error=reason, **NO_LEASE)
+                .returning(jobs.c.started_at)
+            ).first()
+            if row is None:
+                return False
+            attempt_log.record(conn, self.dialect, [_of_lease(lease, row.started_at)],
+                               AttemptOutcome.CANCELLED, reason)
+        return True
 
     @translate
     def release(self, leases: Sequence[Lease]) -> int:
@@ -257,6 +290,32 @@ def _picked(candidates: Select[Any]) -> Select[Any]:
     """
     picked = candidates.cte("picked").prefix_with("MATERIALIZED", dialect="postgresql")
     return select(picked.c.id)
+
+
+def _fail(conn: Connection, dialect: Dialect, lease: Lease, error: str, tb: str,
+          retry_delay_seconds: float, final: bool) -> JobState | None:
+    """``Leases.fail`` in ``conn``'s transaction."""
+    if final:
+        values: dict[str, Any] = {"state": FAILED, "finished_at": db_now()}
+    else:
+        spent = jobs.c.attempts >= jobs.c.max_attempts
+        values = {
+            "state": case((spent, FAILED), else_=PENDING),
+            "run_at": case((spent, jobs.c.run_at),
+                           else_=seconds_from_now(retry_delay_seconds)),
+            "finished_at": case((spent, db_now()), else_=None),
+        }
+    row = conn.execute(
+        update(jobs)
+        .where(held(lease.token, lease.job_id))
+        .values(last_error=error, **values, **NO_LEASE)
+        .returning(jobs.c.state, jobs.c.started_at)
+    ).first()
+    if row is None:
+        return None
+    attempt_log.record(conn, dialect, [_of_lease(lease, row.started_at)],
+                       AttemptOutcome.ERROR, error, tb)
+    return JobState(row.state)
 
 
 def _of_lease(lease: Lease, started_at: Any) -> dict[str, Any]:

@@ -729,6 +729,126 @@ def test_release_many_counts_only_the_held_leases(store: SqlStore) -> None:
     assert states == {JobState.DONE: 1, JobState.PENDING: 3}
 
 
+# -- what a handler asks: snooze, cancel, fail at once (issue 13) -----------------------------
+
+
+def test_snooze_gives_the_attempt_back_and_runs_the_job_after_the_delay(store: SqlStore) -> None:
+    job = enqueue(store, max_attempts=1)
+    c = claim_one(store)
+    assert store.snooze(c.lease, 30, max_snoozes=5) is JobState.PENDING
+    now = store.ping()
+    got = store.get(job.id)
+    assert got.state is JobState.PENDING and got.attempts == 0
+    assert approx_time(got.run_at, now + timedelta(seconds=30))
+    assert got.run_at > now + timedelta(seconds=25)
+    assert (got.worker_id, got.lease_token, got.lease_expires_at) == (None, None, None)
+    assert got.finished_at is None and got.last_error is None
+    (att,) = got.attempt_log
+    assert (att.attempt, att.outcome, att.worker_id) == (1, AttemptOutcome.RELEASED, "w1")
+    assert att.error is not None and att.error.startswith("snoozed: runs again in 30s")
+    assert att.finished_at is not None
+    assert store.claim("w1", ["default"], 10, 30) == []  # not before its time
+    # The old claim can neither snooze nor cancel the job again.
+    assert store.snooze(c.lease, 0, max_snoozes=5) is None
+    assert store.cancel_running(c.lease, "late") is False
+    assert store.get(job.id) == got
+
+
+def test_a_snooze_of_zero_is_due_at_once_and_uncharged_with_max_attempts_one(
+    store: SqlStore,
+) -> None:
+    job = enqueue(store, max_attempts=1)
+    for _ in range(3):
+        c = claim_one(store)
+        assert c.lease.attempt == 1, "a snooze was charged"
+        assert store.snooze(c.lease, 0, max_snoozes=10) is JobState.PENDING
+    c = claim_one(store)
+    assert store.complete(c.lease, "done")
+    got = store.get(job.id)
+    assert got.state is JobState.DONE and got.attempts == 1
+    assert [a.outcome for a in got.attempt_log] == [AttemptOutcome.RELEASED] * 3 + [
+        AttemptOutcome.DONE]
+
+
+def test_the_snooze_past_max_snoozes_in_a_row_fails_the_job(store: SqlStore) -> None:
+    job = enqueue(store, max_attempts=5)
+    c = claim_one(store)
+    store.fail(c.lease, "E: first", "tb", 0)  # an error between: the count starts after it
+    for _ in range(2):
+        assert store.snooze(claim_one(store).lease, 0, max_snoozes=2) is JobState.PENDING
+    last = claim_one(store)
+    assert last.lease.attempt == 2
+    assert store.snooze(last.lease, 0, max_snoozes=2) is JobState.FAILED
+    got = store.get(job.id)
+    assert got.state is JobState.FAILED and got.finished_at is not None
+    assert got.attempts == 2, "the failing snooze is a charged attempt"
+    assert got.last_error is not None and "max_snoozes" in got.last_error
+    assert [a.outcome for a in got.attempt_log] == [
+        AttemptOutcome.ERROR, AttemptOutcome.RELEASED, AttemptOutcome.RELEASED,
+        AttemptOutcome.ERROR]
+    # After a manual retry the count starts again: the failure ended the streak.
+    store.retry(job.id)
+    assert store.snooze(claim_one(store).lease, 0, max_snoozes=2) is JobState.PENDING
+
+
+def test_max_snoozes_zero_refuses_every_snooze(store: SqlStore) -> None:
+    job = enqueue(store, max_attempts=3)
+    assert store.snooze(claim_one(store).lease, 5, max_snoozes=0) is JobState.FAILED
+    assert store.get(job.id).state is JobState.FAILED
+
+
+def test_a_graceful_release_ends_a_run_of_snoozes(store: SqlStore) -> None:
+    """Only snoozes count: a release at shutdown has no ``snoozed`` note."""
+    job = enqueue(store)
+    assert store.snooze(claim_one(store).lease, 0, max_snoozes=1) is JobState.PENDING
+    assert store.release([claim_one(store).lease]) == 1
+    assert store.snooze(claim_one(store).lease, 0, max_snoozes=1) is JobState.PENDING
+    assert store.get(job.id).state is JobState.PENDING
+
+
+def test_cancel_running_ends_the_job_at_once_with_its_reason(store: SqlStore) -> None:
+    job = enqueue(store, max_attempts=5)
+    c = claim_one(store)
+    assert store.cancel_running(c.lease, "the order was withdrawn") is True
+    got = store.get(job.id)
+    assert got.state is JobState.CANCELLED and got.attempts == 1
+    assert got.last_error == "the order was withdrawn" and got.finished_at is not None
+    assert (got.worker_id, got.lease_token, got.lease_expires_at) == (None, None, None)
+    (att,) = got.attempt_log
+    assert (att.outcome, att.error) == (AttemptOutcome.CANCELLED, "the order was withdrawn")
+    assert store.claim("w1", ["default"], 10, 30) == []
+    assert store.cancel_running(c.lease, "again") is False
+    assert store.retry(job.id).state is JobState.PENDING  # as any cancelled job
+
+
+def test_fail_final_fails_at_once_with_attempts_left(store: SqlStore) -> None:
+    job = enqueue(store, max_attempts=5)
+    c = claim_one(store)
+    before = store.get(job.id).run_at
+    assert store.fail(c.lease, "KeyError: 'x'", "tb", 30, final=True) is JobState.FAILED
+    got = store.get(job.id)
+    assert got.state is JobState.FAILED and got.attempts == 1 and got.run_at == before
+    assert got.last_error == "KeyError: 'x'" and got.finished_at is not None
+    assert [(a.outcome, a.traceback) for a in got.attempt_log] == [(AttemptOutcome.ERROR, "tb")]
+    assert store.fail(c.lease, "again", "tb", 0, final=True) is None
+
+
+def test_a_stale_token_can_neither_snooze_nor_cancel_nor_fail_at_once(store: SqlStore) -> None:
+    enqueue(store)
+    c = claim_one(store)
+    before = store.get(c.job.id)
+    other_job = dataclasses.replace(c.lease, job_id=c.job.id + 1000)
+    for bad in (stale(c.lease), stale(c.lease, ""), other_job):
+        assert store.snooze(bad, 0, max_snoozes=5) is None
+        assert store.snooze(bad, 0, max_snoozes=0) is None  # nor through its failure
+        assert store.cancel_running(bad, "nope") is False
+        assert store.fail(bad, "boom", "tb", 0, final=True) is None
+        assert store.get(c.job.id) == before
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(attempts)).scalar() == 0
+    assert store.snooze(c.lease, 0, max_snoozes=5) is JobState.PENDING
+
+
 # -- heartbeat -------------------------------------------------------------------------------
 
 
