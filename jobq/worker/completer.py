@@ -1,7 +1,8 @@
 """How finished jobs' outcomes get written: the outbox, emptied in batches.
 
-Successes go in one statement per batch (``store.complete_many``), failures one by one
-(``store.fail``: each decides retry with backoff, or failed for good); every row is still
+Successes go in one statement per batch (``store.complete_many``), the rest one by one:
+failures (``store.fail``: each decides retry with backoff, or failed for good), snoozes
+(``store.snooze``) and handlers' cancellations (``store.cancel_running``); every row is still
 fenced by its lease token, so an outcome whose lease was lost meanwhile changes nothing. While
 a write is in flight new outcomes pile up, so the batch grows with the load and no delay is
 added.
@@ -14,6 +15,7 @@ no longer renewed, so rescue runs those jobs again, as it would after a crash.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -23,7 +25,7 @@ from jobq.errors import StoreUnavailable
 from jobq.retry import Backoff
 from jobq.settings import Settings
 from jobq.store import SqlStore
-from jobq.types import Failure, JobState, Lease, Outcome, Success
+from jobq.types import Cancelled, Failure, JobState, Lease, Outcome, Snoozed, Success
 from jobq.worker.db import Db
 from jobq.worker.loop import sleep
 from jobq.worker.slots import Outbox
@@ -78,7 +80,13 @@ class Completer:
         for lease, outcome in batch:
             if isinstance(outcome, Failure):
                 await self._write_failure(lease, outcome)
-                self.outbox.discard(lease.token)
+            elif isinstance(outcome, Snoozed):
+                await self._write_snooze(lease, outcome)
+            elif isinstance(outcome, Cancelled):
+                await self._write_cancel(lease, outcome)
+            else:
+                continue
+            self.outbox.discard(lease.token)
 
     def _maybe_give_up(self, batch: Sequence[tuple[Lease, Outcome]]) -> None:
         """After two leases of failing writes, forget the batch (see the module's docstring)."""
@@ -95,18 +103,41 @@ class Completer:
                           "expire and it will run again", lease.job_id)
 
     async def _write_failure(self, lease: Lease, outcome: Failure) -> None:
-        delay = self.backoff.delay(lease.attempt)
+        delay = (outcome.retry_delay if outcome.retry_delay is not None
+                 else self.backoff.delay(lease.attempt))
         state = await self.db.write(
-            self.store.fail, lease, outcome.error, outcome.traceback, delay
+            functools.partial(self.store.fail, final=outcome.final),
+            lease, outcome.error, outcome.traceback, delay,
         )
         if state is None:
             log.warning("job %s: lease lost before its failure was recorded", lease.job_id)
         elif state is JobState.FAILED:
-            log.info("job %s failed for good after %d attempt(s): %s",
-                     lease.job_id, lease.attempt, outcome.error)
+            log.info("job %s failed for good after %d attempt(s)%s: %s",
+                     lease.job_id, lease.attempt,
+                     " (its task does not retry this error)" if outcome.final else "",
+                     outcome.error)
         else:
             log.info("job %s attempt %d failed, retrying in %.2fs: %s",
                      lease.job_id, lease.attempt, delay, outcome.error)
+
+    async def _write_snooze(self, lease: Lease, outcome: Snoozed) -> None:
+        state = await self.db.write(self.store.snooze, lease, outcome.seconds,
+                                    outcome.max_snoozes)
+        if state is None:
+            log.warning("job %s: lease lost before its snooze was recorded", lease.job_id)
+        elif state is JobState.FAILED:
+            log.info("job %s failed: snoozed %d times in a row (its task's max_snoozes)",
+                     lease.job_id, outcome.max_snoozes)
+        else:
+            log.info("job %s snoozed for %.2fs (attempt %d not charged)",
+                     lease.job_id, outcome.seconds, lease.attempt)
+
+    async def _write_cancel(self, lease: Lease, outcome: Cancelled) -> None:
+        if await self.db.write(self.store.cancel_running, lease, outcome.reason):
+            log.info("job %s cancelled by its handler: %s", lease.job_id, outcome.reason)
+        else:
+            log.warning("job %s: lease lost before its cancellation was recorded",
+                        lease.job_id)
 
     async def write_out(self, hurry: bool) -> None:
         """At shutdown: give the complete loop a few seconds (one try when hurried) to write

@@ -9,6 +9,7 @@ or, when the queue looked empty, a poll interval passes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from jobq.errors import StoreUnavailable
 from jobq.registry import TaskRegistry
+from jobq.retry import Backoff
 from jobq.settings import Settings
 from jobq.store import SqlStore
 from jobq.types import ClaimedJob
@@ -84,6 +86,11 @@ class Fetcher:
         except StoreUnavailable:
             pass  # their leases lapse and rescue takes them
 
+    @functools.cached_property
+    def backoff(self) -> Backoff:
+        """The worker's backoff, for what a task's own policy leaves out."""
+        return Backoff(self.settings.backoff_base_seconds, self.settings.backoff_cap_seconds)
+
     def start(self, claimed: ClaimedJob, sent: float) -> Running:
         running = self.slots.add(claimed, sent)
         running.task = asyncio.create_task(self._work(running), name=f"job-{claimed.job.id}")
@@ -95,7 +102,7 @@ class Fetcher:
         lease = running.claimed.lease
         try:
             outcome = await run_claimed(running.claimed, self.registry, self.worker_id,
-                                        running.stopped)
+                                        running.stopped, self.backoff)
         except asyncio.CancelledError:
             if not running.taken_away:
                 raise

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import func, update
 
+import jobq
 from jobq.errors import StoreUnavailable
 from jobq.registry import TaskRegistry
 from jobq.settings import Settings, load_settings
@@ -51,10 +53,45 @@ def wait_for_stop(payload: Any, ctx: Any) -> None:
         saw_stop[ctx.job_id] = time.monotonic() - began
 
 
+async def snooze(payload: Any, ctx: Any) -> Any:
+    """Snoozes ``payload["times"]`` times (counted in ``snoozed``), then returns its attempt."""
+    seen = snoozed.setdefault(ctx.job_id, [])
+    if len(seen) < payload["times"]:
+        seen.append(ctx.attempt)
+        raise jobq.Snooze(payload.get("seconds", 0))
+    return {"attempt": ctx.attempt}
+
+
+#: The attempt numbers each snoozing job saw, by job id.
+snoozed: dict[int, list[int]] = {}
+
+
+@pytest.fixture(autouse=True)
+def _forget_snoozes() -> None:
+    snoozed.clear()  # ids start again from 1 on each backend's fresh database
+
+
+def give_up(payload: Any) -> None:  # a def handler: the signal crosses the thread too
+    raise jobq.Cancel(f"not wanted any more: {payload}")
+
+
+class Permanent(Exception):
+    pass
+
+
+def raise_named(payload: Any) -> None:
+    raise {"timeout": TimeoutError, "permanent": Permanent, "value": ValueError}[payload](payload)
+
+
 def registry() -> TaskRegistry:
     reg = TaskRegistry()
-    for name, fn in (("ok", ok), ("hold", hold), ("boom", boom), ("wait", wait_for_stop)):
+    for name, fn in (("ok", ok), ("hold", hold), ("boom", boom), ("wait", wait_for_stop),
+                     ("snooze", snooze), ("give_up", give_up)):
         reg.register(name, fn)
+    reg.register("snooze_twice_at_most", snooze, max_snoozes=2)
+    reg.register("picky", raise_named, retry_on=(TimeoutError,), backoff=lambda a: 60.0 * a)
+    reg.register("discards", raise_named, discard_on=Permanent, backoff_base=0,
+                 backoff_cap=0)
     return reg
 
 
@@ -361,3 +398,120 @@ def test_a_loop_weathers_store_unavailable_and_ends_when_told() -> None:
         return seen
 
     assert asyncio.run(main()) == ["try"] * 3
+
+
+# -- handlers that steer their retries (issue 13) ---------------------------------------------
+
+
+async def work_through(worker: Worker, store: SqlStore, job_id: int, rounds: int) -> None:
+    """Claim, run and write ``rounds`` times (each round one attempt of due jobs)."""
+    for _ in range(rounds):
+        await worker.fetcher.fetch()
+        await settled(worker)
+        await worker.completer.flush()
+        assert len(worker.outbox) == 0
+
+
+def test_a_snoozing_handler_runs_again_uncharged_and_then_succeeds(
+    store: SqlStore, fast: Settings
+) -> None:
+    job = enqueue(store, task_type="snooze", payload={"times": 3}, max_attempts=1)
+
+    async def test(worker: Worker) -> None:
+        await work_through(worker, store, job.id, 4)
+
+    run(store, fast, test)
+    assert snoozed[job.id] == [1, 1, 1], "a snooze was charged to the attempts"
+    got = store.get(job.id)
+    assert got.state is JobState.DONE and got.result == {"attempt": 1}
+    assert got.attempts == 1 and got.max_attempts == 1
+    log = got.attempt_log
+    assert [a.outcome for a in log] == [AttemptOutcome.RELEASED] * 3 + [AttemptOutcome.DONE]
+    assert all((a.error or "").startswith("snoozed") for a in log[:3])
+
+
+def test_a_snooze_waits_its_seconds_before_the_job_is_claimable(
+    store: SqlStore, fast: Settings
+) -> None:
+    job = enqueue(store, task_type="snooze", payload={"times": 1, "seconds": 60})
+
+    async def test(worker: Worker) -> None:
+        await work_through(worker, store, job.id, 2)  # the second round finds nothing due
+
+    run(store, fast, test)
+    got = store.get(job.id)
+    assert got.state is JobState.PENDING and got.attempts == 0
+    assert got.run_at > store.ping() + timedelta(seconds=50)
+
+
+def test_snoozes_past_the_tasks_max_snoozes_fail_the_job(
+    store: SqlStore, fast: Settings
+) -> None:
+    job = enqueue(store, task_type="snooze_twice_at_most", payload={"times": 10},
+                  max_attempts=1)
+
+    async def test(worker: Worker) -> None:
+        await work_through(worker, store, job.id, 4)
+
+    run(store, fast, test)
+    got = store.get(job.id)
+    assert got.state is JobState.FAILED and "max_snoozes" in (got.last_error or "")
+    assert [a.outcome for a in got.attempt_log] == [
+        AttemptOutcome.RELEASED, AttemptOutcome.RELEASED, AttemptOutcome.ERROR]
+    assert len(snoozed[job.id]) == 3, "the job ran on after it failed"
+
+
+def test_a_handler_that_raises_cancel_cancels_its_job_with_the_reason(
+    store: SqlStore, fast: Settings
+) -> None:
+    job = enqueue(store, task_type="give_up", payload="order 7", max_attempts=5)
+
+    async def test(worker: Worker) -> None:
+        await work_through(worker, store, job.id, 2)
+
+    run(store, fast, test)
+    got = store.get(job.id)
+    assert got.state is JobState.CANCELLED and got.attempts == 1
+    assert got.last_error == "not wanted any more: order 7"
+    assert [(a.outcome, a.error) for a in got.attempt_log] == [
+        (AttemptOutcome.CANCELLED, "not wanted any more: order 7")]
+
+
+def test_retry_on_retries_only_its_errors_with_the_tasks_backoff(
+    store: SqlStore, fast: Settings
+) -> None:
+    retried = enqueue(store, task_type="picky", payload="timeout", max_attempts=5)
+    failed = enqueue(store, task_type="picky", payload="value", max_attempts=5)
+
+    async def test(worker: Worker) -> None:
+        await work_through(worker, store, retried.id, 1)
+
+    run(store, fast, test)
+    got = store.get(retried.id)
+    assert got.state is JobState.PENDING and got.attempts == 1
+    # backoff=lambda a: 60 * a, not the worker's 0.1 s cap
+    assert got.run_at > store.ping() + timedelta(seconds=50)
+    other = store.get(failed.id)
+    assert other.state is JobState.FAILED and other.attempts == 1, "not in retry_on: at once"
+    assert other.last_error == "ValueError: value"
+    assert [a.outcome for a in other.attempt_log] == [AttemptOutcome.ERROR]
+
+
+def test_discard_on_fails_at_once_and_other_errors_retry(
+    store: SqlStore, fast: Settings
+) -> None:
+    discarded = enqueue(store, task_type="discards", payload="permanent", max_attempts=5)
+    retried = enqueue(store, task_type="discards", payload="value", max_attempts=2)
+
+    async def test(worker: Worker) -> None:
+        await work_through(worker, store, discarded.id, 2)
+
+    run(store, fast, test)
+    got = store.get(discarded.id)
+    assert got.state is JobState.FAILED and got.attempts == 1
+    assert got.last_error == "Permanent: permanent"
+    (att,) = got.attempt_log
+    assert att.outcome is AttemptOutcome.ERROR and "Permanent" in (att.traceback or "")
+    # backoff 0: the second round ran the other one's second and last attempt
+    other = store.get(retried.id)
+    assert other.state is JobState.FAILED and other.attempts == 2
