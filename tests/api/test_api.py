@@ -559,6 +559,25 @@ def test_get_job_with_its_attempts(client: httpx.Client, store: SqlStore) -> Non
         assert parse_time(a["finished_at"]) >= parse_time(a["started_at"])
 
 
+def test_get_job_shows_snoozed_and_handler_cancelled_attempts(
+    client: httpx.Client, store: SqlStore
+) -> None:
+    job = submit(client, task_type="echo", max_attempts=1)
+    (claimed,) = store.claim("worker-a", ["default"], 5, 30)
+    assert store.snooze(claimed.lease, 0, max_snoozes=5) is not None
+    (claimed,) = store.claim("worker-b", ["default"], 5, 30)
+    assert claimed.lease.attempt == 1  # the snooze was not charged
+    assert store.cancel_running(claimed.lease, "not wanted")
+    got = client.get(f"/jobs/{job['id']}").json()
+    assert got["state"] == "cancelled" and got["attempts"] == 1
+    assert got["last_error"] == "not wanted"
+    assert [(a["attempt"], a["worker_id"], a["outcome"], a["error"][:8])
+            for a in got["attempt_log"]] == [
+        (1, "worker-a", "released", "snoozed:"),
+        (1, "worker-b", "cancelled", "not want"),
+    ]
+
+
 def test_get_done_job_shows_result(client: httpx.Client, store: SqlStore) -> None:
     job = submit(client, task_type="echo", payload=[1, 2])
     (claimed,) = store.claim("w", ["default"], 1, 30)
