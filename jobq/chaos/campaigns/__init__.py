@@ -10,6 +10,7 @@ from jobq.chaos.campaigns.database import database_faults, pool_exhaustion
 from jobq.chaos.campaigns.failover import failover
 from jobq.chaos.campaigns.jobs import baseline, heartbeats, poison_pills, retry_storm, skewed_clocks
 from jobq.chaos.campaigns.network import partition_in_transaction, partitions
+from jobq.chaos.campaigns.schedules import periodic_kills
 from jobq.chaos.campaigns.processes import (
     api_kills,
     sigterm_drain,
@@ -37,13 +38,14 @@ CAMPAIGNS: dict[str, Campaign] = {
     "13": partitions,
     "14": partition_in_transaction,
     "15": failover,
+    "16": periodic_kills,
 }
 #: The reduced run that CI does.
-REDUCED = ["1", "2", "3", "4", "7", "12"]
+REDUCED = ["1", "2", "3", "4", "7", "12", "16"]
 
 __all__ = [
     "CAMPAIGNS", "REDUCED", "Campaign", "Check", "Ctx",
     "baseline", "worker_kills", "database_faults", "api_kills", "zombies", "sigterm_drain",
     "poison_pills", "retry_storm", "heartbeats", "skewed_clocks", "pool_exhaustion",
-    "sqlite_kills", "partitions", "partition_in_transaction", "failover",
+    "sqlite_kills", "partitions", "partition_in_transaction", "failover", "periodic_kills",
 ]
