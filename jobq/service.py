@@ -63,6 +63,8 @@ class JobService:
         run_at: datetime | None = None,
         delay_seconds: float | None = None,
         idempotency_key: str | None = None,
+        unique_key: str | None = None,
+        unique_for: float | None = None,
         allowed_queues: Collection[str] | None = None,
     ) -> EnqueueResult:
         """Persist a job; it is durable when this returns.
@@ -72,11 +74,15 @@ class JobService:
 
         Enqueues made at the same time from several threads are committed together (group
         commit), each still returning only once its own job is committed.
+
+        ``unique_key``: while a job of the queue with that key is pending or running (or,
+        with ``unique_for`` seconds, finished less than that long ago), return that job
+        (``created`` False) instead of making another, whatever its request.
         """
         new = self._new_job(
             task_type, payload, queue=queue, priority=priority, max_attempts=max_attempts,
             run_at=run_at, delay_seconds=delay_seconds, idempotency_key=idempotency_key,
-            allowed_queues=allowed_queues,
+            unique_key=unique_key, unique_for=unique_for, allowed_queues=allowed_queues,
         )
         return self._group.enqueue(new)
 
@@ -146,6 +152,8 @@ class JobService:
         run_at: datetime | None = None,
         delay_seconds: float | None = None,
         idempotency_key: str | None = None,
+        unique_key: str | None = None,
+        unique_for: float | None = None,
         allowed_queues: Collection[str] | None = None,
     ) -> NewJob:
         if allowed_queues is not None and queue not in allowed_queues:
@@ -162,6 +170,8 @@ class JobService:
             run_at=run_at,
             delay_seconds=delay_seconds,
             idempotency_key=idempotency_key,
+            unique_key=unique_key,
+            unique_for=unique_for,
         )
 
     # ``allowed_queues`` (where taken): the queues the caller may see, from its API key; None

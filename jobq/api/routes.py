@@ -169,6 +169,8 @@ def _spec(spec: EnqueueRequest | EnqueueQuery) -> dict[str, Any]:
         "run_at": spec.run_at,
         "delay_seconds": spec.delay_seconds,
         "idempotency_key": spec.idempotency_key,
+        "unique_key": spec.unique_key,
+        "unique_for": spec.unique_for,
     }
 
 

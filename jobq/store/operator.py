@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, or_, select, update
 
 from jobq.errors import InvalidTransition, JobNotFound
 from jobq.store import attempt_log
@@ -14,6 +14,9 @@ from jobq.types import AttemptOutcome, Job, JobState
 
 PENDING, RUNNING = JobState.PENDING.value, JobState.RUNNING.value
 FAILED, CANCELLED = JobState.FAILED.value, JobState.CANCELLED.value
+
+#: Another row of the jobs table, for "another job holds this unique key".
+_other = jobs.alias("other")
 
 
 class Operator(StoreBase):
@@ -51,7 +54,13 @@ class Operator(StoreBase):
         with self.write() as conn:
             row = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.state.in_([FAILED, CANCELLED]))
+                .where(jobs.c.id == job_id, jobs.c.state.in_([FAILED, CANCELLED]),
+                       # Not while another live job holds its unique key (the live-jobs
+                       # unique index would refuse the row): InvalidTransition below.
+                       or_(jobs.c.unique_key.is_(None), ~exists().where(
+                           _other.c.queue == jobs.c.queue,
+                           _other.c.unique_key == jobs.c.unique_key,
+                           _other.c.state.in_([PENDING, RUNNING]))))
                 .values(
                     state=PENDING, attempts=0, run_at=db_now(), finished_at=None, result=None
                 )
@@ -63,4 +72,7 @@ class Operator(StoreBase):
             state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar()
         if state is None:
             raise JobNotFound(job_id)
+        if state in (FAILED, CANCELLED):
+            raise InvalidTransition(job_id, state, "retry (another pending or running job of "
+                                    "its queue holds its unique_key)")
         raise InvalidTransition(job_id, state, "retry")
