@@ -291,6 +291,16 @@ class WorkerInfo:
 
 
 @dataclass(frozen=True)
+class QueueInfo:
+    """A queue: its jobs by state (every state, zero when none), and whether it is paused."""
+
+    name: str
+    paused: bool
+    paused_at: datetime | None
+    jobs: dict[str, int]
+
+
+@dataclass(frozen=True)
 class Stats:
     jobs: dict[str, int]
     queues: dict[str, dict[str, int]]

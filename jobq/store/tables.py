@@ -287,3 +287,14 @@ schedules = Table(
     Column("created_at", Timestamp, nullable=False),
     Column("declared_at", Timestamp, nullable=False),  # last declared by a worker
 )
+
+# Queues that an operator paused (migration 0007). A row only for a queue that was ever paused
+# or resumed; a queue is paused while its row says so. The claim leaves a paused queue's jobs
+# alone (``store/leases.py``); jobs already running finish as usual.
+queues = Table(
+    "jobq_queues",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
+    Column("paused_at", Timestamp, nullable=True),
+)
