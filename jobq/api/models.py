@@ -350,6 +350,18 @@ class ScheduleList(BaseModel):
     schedules: list[ScheduleOut] = Field(description="By name.")
 
 
+class QueueOut(_Out):
+    name: str
+    paused: bool = Field(description="Workers claim nothing from a paused queue; its running "
+                         "jobs finish.")
+    paused_at: datetime | None = Field(description="When it was paused; null when not paused.")
+    jobs: StateCounts = Field(description="Its jobs by state.")
+
+
+class QueueList(BaseModel):
+    queues: list[QueueOut] = Field(description="Every queue with jobs or ever paused, by name.")
+
+
 class Health(BaseModel):
     status: str = Field(examples=["ok"])
     database: str = Field(examples=["ok"])
