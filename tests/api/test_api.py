@@ -255,6 +255,27 @@ def test_concurrent_requests_with_one_unique_key_create_one_job(
     assert len(stored_ids(store)) == 1
 
 
+def test_pause_and_resume_a_queue_and_list_the_queues(
+        client: httpx.Client, store: SqlStore) -> None:
+    job = client.post("/jobs", json={"task_type": "echo", "queue": "mail"}).json()
+    client.post("/jobs", json={"task_type": "echo"})
+    paused = client.post("/queues/mail/pause")
+    assert paused.status_code == 200, paused.text
+    body = paused.json()
+    assert body["name"] == "mail" and body["paused"] is True and body["paused_at"]
+    assert body["jobs"] == {"pending": 1, "running": 0, "done": 0, "failed": 0, "cancelled": 0}
+    assert store.claim("w", ["mail"], 10, 30) == []
+    listed = client.get("/queues")
+    assert listed.status_code == 200, listed.text
+    assert [(q["name"], q["paused"]) for q in listed.json()["queues"]] == [
+        ("default", False), ("mail", True)]
+    resumed = client.post("/queues/mail/resume")
+    assert resumed.status_code == 200 and resumed.json()["paused"] is False
+    assert [c.job.id for c in store.claim("w", ["mail"], 10, 30)] == [job["id"]]
+    assert client.post("/queues/bad%20name/pause").status_code == 422
+    assert client.get("/queues?x=1").status_code == 422
+
+
 def test_idempotency_key_same_job_across_both_forms(client: httpx.Client) -> None:
     first = client.post(
         "/jobs", json={"task_type": "test", "payload": "hello", "idempotency_key": "k"}

@@ -35,7 +35,8 @@ from jobq.store.migrate import (
 from jobq.store.tables import attempts, jobs, metadata
 from jobq.types import JobState, NewJob
 
-TABLES = {"jobq_jobs", "jobq_attempts", "jobq_workers", "jobq_api_keys", "jobq_schedules"}
+TABLES = {"jobq_jobs", "jobq_attempts", "jobq_workers", "jobq_api_keys", "jobq_schedules",
+          "jobq_queues"}
 
 
 @pytest.fixture
@@ -250,13 +251,14 @@ def test_0006_adds_the_schedules_and_keeps_every_job(fresh_url: Callable[[], str
         engine.dispose()
 
 
-def test_0007_adds_unique_keys_and_keeps_every_job(fresh_url: Callable[[], str]) -> None:
+def test_0007_adds_unique_keys_and_the_queues_table_and_keeps_every_job(fresh_url: Callable[[], str]) -> None:
     """From 0006 with a job and its attempt: the unique-key columns and indexes come (on
     SQLite without a rebuild), old jobs hold no key, a live key is unique in its queue even
     to a raw INSERT; back to 0006 they go and the jobs stay."""
     engine = _engine(fresh_url())
     try:
         migrate(engine, "0006")
+        assert "jobq_queues" not in inspect(engine).get_table_names()
         now = datetime.now(timezone.utc)
         row = {"task_type": "echo", "payload": {"n": 1}, "priority": 0, "state": "pending",
                "attempts": 0, "max_attempts": 3, "run_at": now, "created_at": now,
@@ -286,7 +288,10 @@ def test_0007_adds_unique_keys_and_keeps_every_job(fresh_url: Callable[[], str])
         with pytest.raises(IntegrityError):  # the index itself, under any code
             with engine.begin() as conn:
                 conn.execute(insert(jobs), [{**row, "idempotency_key": None, "unique_key": "u"}])
+        assert store.pause_queue("a").paused
+        assert store.claim("w", ["a"], 10, 30) == []
         downgrade(engine, "0006")
+        assert "jobq_queues" not in inspect(engine).get_table_names()
         assert "unique_key" not in {c["name"] for c in inspect(engine).get_columns("jobq_jobs")}
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM jobq_jobs")).scalar() == 2
