@@ -380,7 +380,7 @@ def test_queues_list_needs_read_and_pause_resume_need_admin_in_the_keys_queues(
     assert paused.status_code == 200 and paused.json()["paused"] is True
     mine = api.get("/queues", headers=bearer(admin_a)).json()["queues"]
     assert [(q["name"], q["paused"]) for q in mine] == [("a", True)]
-    assert not {q["name"]: q for q in svc.list_queues()}["b"].paused
+    assert not {q.name: q for q in svc.list_queues()}["b"].paused
     resumed = api.post("/queues/a/resume", headers=bearer(admin_a)).json()
     assert resumed["paused"] is False and resumed["paused_at"] is None
 
