@@ -124,11 +124,11 @@ class Job:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    attempt_log: tuple[Attempt, ...] = field(default=())
     # A unique job's key (migration 0007): while this job is pending or running, or for
     # ``unique_for`` seconds after it finished, an enqueue with the key in its queue gets it.
     unique_key: str | None = None
     unique_for: float | None = None
+    attempt_log: tuple[Attempt, ...] = field(default=())
 
 
 @dataclass(frozen=True)

@@ -940,7 +940,8 @@ def test_docs_and_openapi(client: httpx.Client) -> None:
         ("/jobs", "post"), ("/jobs", "get"), ("/jobs/{job_id}", "get"),
         ("/jobs/{job_id}/cancel", "post"), ("/jobs/{job_id}/retry", "post"),
         ("/stats", "get"), ("/healthz", "get"), ("/jobs/batch", "post"),
-        ("/schedules", "get"),
+        ("/schedules", "get"), ("/queues", "get"), ("/queues/{name}/pause", "post"),
+        ("/queues/{name}/resume", "post"),
     }
     found = {(path, m) for path, ops in spec["paths"].items() for m in ops}
     assert expected == found
