@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import exists, or_, select, update
 
 from jobq.errors import InvalidTransition, JobNotFound
@@ -50,7 +51,18 @@ class Operator(StoreBase):
 
     @translate
     def retry(self, job_id: int) -> Job:
-        """failed | cancelled → pending, with a fresh budget of attempts."""
+        """failed | cancelled → pending, with a fresh budget of attempts. Refused
+        (InvalidTransition) while another live job of its queue holds its unique key."""
+        try:
+            return self._retry(job_id)
+        except sa_exc.IntegrityError as exc:
+            # PostgreSQL: an enqueue of the key committed between the check and the UPDATE,
+            # and the live-jobs unique index refused the row.
+            state = self.get(job_id, with_attempts=False).state.value
+            raise InvalidTransition(job_id, state, "retry (another pending or running job of "
+                                    "its queue holds its unique_key)") from exc
+
+    def _retry(self, job_id: int) -> Job:
         with self.write() as conn:
             row = conn.execute(
                 update(jobs)

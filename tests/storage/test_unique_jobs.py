@@ -188,3 +188,38 @@ def test_jobs_without_unique_keys_are_unchanged(store: SqlStore) -> None:
     assert (job.unique_key, job.unique_for) == (None, None)
     got = store.get(job.id)
     assert (got.unique_key, got.unique_for) == (None, None)
+
+
+def test_retry_racing_an_enqueue_of_its_key_leaves_one_live_job(store: SqlStore) -> None:
+    for round_ in range(10):
+        key = f"rr-{round_}"
+        old = store.enqueue(new_job(unique_key=key)).job
+        store.cancel(old.id)
+        barrier = threading.Barrier(2)
+        outcome: dict[str, Any] = {}
+
+        def retry() -> None:
+            barrier.wait(timeout=10)
+            try:
+                outcome["retry"] = store.retry(old.id).state
+            except InvalidTransition as exc:
+                outcome["retry"] = exc
+
+        def enqueue() -> None:
+            barrier.wait(timeout=10)
+            outcome["enqueue"] = store.enqueue(new_job(unique_key=key))
+
+        threads = [threading.Thread(target=retry), threading.Thread(target=enqueue)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert set(outcome) == {"retry", "enqueue"}
+        live = [j for j in store.list_jobs(limit=500).items
+                if j.unique_key == key and j.state is JobState.PENDING]
+        assert len(live) == 1
+        if outcome["retry"] is JobState.PENDING:  # the retry won: the enqueue got it
+            assert outcome["enqueue"].job.id == old.id and not outcome["enqueue"].created
+        else:
+            assert isinstance(outcome["retry"], InvalidTransition)
+            assert outcome["enqueue"].created
