@@ -4,6 +4,7 @@ retry, stats, schedules. It applies defaults and checks task names; the store do
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -11,6 +12,7 @@ from typing import Any
 
 from jobq.coalesce import GroupCommit
 from jobq.errors import (
+    InvalidJob,
     JobqError,
     QueueNotFound,
 )
@@ -19,7 +21,18 @@ from jobq.registry import TaskRegistry, load_registry
 from jobq.schedules import ScheduleState
 from jobq.settings import Settings
 from jobq.store import SqlStore, open_store
-from jobq.types import EnqueueResult, Job, JobState, NewJob, Page, Stats
+from jobq.types import (
+    NAME_PATTERN,
+    EnqueueResult,
+    Job,
+    JobState,
+    NewJob,
+    Page,
+    QueueInfo,
+    Stats,
+)
+
+_QUEUE_NAME = re.compile(NAME_PATTERN)
 
 
 class JobService:
@@ -63,6 +76,8 @@ class JobService:
         run_at: datetime | None = None,
         delay_seconds: float | None = None,
         idempotency_key: str | None = None,
+        unique_key: str | None = None,
+        unique_for: float | None = None,
         allowed_queues: Collection[str] | None = None,
     ) -> EnqueueResult:
         """Persist a job; it is durable when this returns.
@@ -72,11 +87,15 @@ class JobService:
 
         Enqueues made at the same time from several threads are committed together (group
         commit), each still returning only once its own job is committed.
+
+        ``unique_key``: while a job of the queue with that key is pending or running (or,
+        with ``unique_for`` seconds, finished less than that long ago), return that job
+        (``created`` False) instead of making another, whatever its request.
         """
         new = self._new_job(
             task_type, payload, queue=queue, priority=priority, max_attempts=max_attempts,
             run_at=run_at, delay_seconds=delay_seconds, idempotency_key=idempotency_key,
-            allowed_queues=allowed_queues,
+            unique_key=unique_key, unique_for=unique_for, allowed_queues=allowed_queues,
         )
         return self._group.enqueue(new)
 
@@ -146,6 +165,8 @@ class JobService:
         run_at: datetime | None = None,
         delay_seconds: float | None = None,
         idempotency_key: str | None = None,
+        unique_key: str | None = None,
+        unique_for: float | None = None,
         allowed_queues: Collection[str] | None = None,
     ) -> NewJob:
         if allowed_queues is not None and queue not in allowed_queues:
@@ -162,6 +183,8 @@ class JobService:
             run_at=run_at,
             delay_seconds=delay_seconds,
             idempotency_key=idempotency_key,
+            unique_key=unique_key,
+            unique_for=unique_for,
         )
 
     # ``allowed_queues`` (where taken): the queues the caller may see, from its API key; None
@@ -213,6 +236,32 @@ class JobService:
         if allowed_queues is not None:
             return self.store.stats(live_worker_seconds=live, queues=sorted(allowed_queues))
         return self.store.stats(live_worker_seconds=live)
+
+    # -- queues -----------------------------------------------------------------------------
+
+    def pause_queue(self, name: str, *, allowed_queues: Collection[str] | None = None
+                    ) -> QueueInfo:
+        """Workers stop claiming from ``name`` within a poll interval; running jobs finish."""
+        return self.store.pause_queue(self._queue(name, allowed_queues))
+
+    def resume_queue(self, name: str, *, allowed_queues: Collection[str] | None = None
+                     ) -> QueueInfo:
+        """Workers claim from ``name`` again (on PostgreSQL at once: NOTIFY)."""
+        return self.store.resume_queue(self._queue(name, allowed_queues))
+
+    def list_queues(self, *, allowed_queues: Collection[str] | None = None
+                    ) -> list[QueueInfo]:
+        """Every queue (with jobs, or ever paused), its jobs by state and whether it is
+        paused; with ``allowed_queues``, those queues."""
+        return self.store.list_queues(only=allowed_queues)
+
+    @staticmethod
+    def _queue(name: str, allowed_queues: Collection[str] | None) -> str:
+        if not isinstance(name, str) or not _QUEUE_NAME.fullmatch(name):
+            raise InvalidJob("queue", f"must match {NAME_PATTERN}")
+        if allowed_queues is not None and name not in allowed_queues:
+            raise QueueNotFound(name)
+        return name
 
     def list_schedules(
         self, *, allowed_queues: Collection[str] | None = None

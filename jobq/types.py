@@ -124,6 +124,10 @@ class Job:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # A unique job's key (migration 0007): while this job is pending or running, or for
+    # ``unique_for`` seconds after it finished, an enqueue with the key in its queue gets it.
+    unique_key: str | None = None
+    unique_for: float | None = None
     attempt_log: tuple[Attempt, ...] = field(default=())
 
 
@@ -144,6 +148,8 @@ class NewJob:
     run_at: datetime | None = None
     delay_seconds: float | None = None
     idempotency_key: str | None = None
+    unique_key: str | None = None
+    unique_for: float | None = None
 
     def __post_init__(self) -> None:
         for name, value in (("task_type", self.task_type), ("queue", self.queue)):
@@ -168,6 +174,21 @@ class NewJob:
                 why = "must be 1 to 255 characters long"
             if why:
                 raise InvalidJob("idempotency_key", why)
+        if self.unique_key is not None:
+            key = self.unique_key
+            why = text_problem(key) if isinstance(key, str) else "must be a string"
+            if why is None and not 1 <= len(key) <= 255:
+                why = "must be 1 to 255 characters long"
+            if why:
+                raise InvalidJob("unique_key", why)
+        if self.unique_for is not None:
+            if self.unique_key is None:
+                raise InvalidJob("unique_for", "needs a unique_key")
+            u = self.unique_for
+            if isinstance(u, bool) or not isinstance(u, (int, float)) or not (
+                math.isfinite(u) and 0 <= u <= MAX_DELAY_SECONDS
+            ):
+                raise InvalidJob("unique_for", f"must be a number from 0 to {MAX_DELAY_SECONDS}")
         try:
             check_json_value(self.payload)
         except ValueError as exc:
@@ -267,6 +288,16 @@ class WorkerInfo:
     queues: tuple[str, ...]
     started_at: datetime
     last_heartbeat_at: datetime
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """A queue: its jobs by state (every state, zero when none), and whether it is paused."""
+
+    name: str
+    paused: bool
+    paused_at: datetime | None
+    jobs: dict[str, int]
 
 
 @dataclass(frozen=True)

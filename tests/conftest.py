@@ -60,7 +60,8 @@ def pg_url() -> Iterator[str]:
 
 def _truncate(url: str) -> None:
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as c:
-        c.execute("TRUNCATE jobq_jobs, jobq_attempts, jobq_workers, jobq_api_keys, jobq_schedules "
+        c.execute("TRUNCATE jobq_jobs, jobq_attempts, jobq_workers, jobq_api_keys, jobq_schedules, "
+                  "jobq_queues "
                   "RESTART IDENTITY CASCADE")
 
 

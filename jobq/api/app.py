@@ -14,7 +14,7 @@ from jobq.api.auth import Authenticate, Authenticator, OpenApiGuard
 from jobq.api.guards import RequestGuard, Rules
 from jobq.api.openapi import install_openapi
 from jobq.api.problems import install_problem_handlers, problem_response
-from jobq.api.routes import jobs, monitoring
+from jobq.api.routes import jobs, monitoring, queues
 from jobq.service import JobService
 from jobq.settings import Settings, load_settings
 
@@ -128,4 +128,5 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
     install_openapi(app)
     app.include_router(jobs)
     app.include_router(monitoring)
+    app.include_router(queues)
     return app

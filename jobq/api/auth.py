@@ -15,8 +15,8 @@ The rules, in the order a request meets them:
 3. **429** with ``Retry-After`` when the key has spent its budget (a token bucket per key and
    per API process: ``JOBQ_RATE_LIMIT_PER_SECOND`` refill, ``JOBQ_RATE_LIMIT_BURST`` size).
 4. **403** when the key lacks the scope the route needs: ``read`` (GET /jobs, GET /jobs/{id},
-   GET /stats, GET /schedules), ``enqueue`` (POST /jobs, POST /jobs/batch), ``admin`` (cancel, retry; implies
-   the other two). Also decided by :class:`Authenticate`, before the body.
+   GET /stats, GET /schedules, GET /queues), ``enqueue`` (POST /jobs, POST /jobs/batch),
+   ``admin`` (cancel, retry, pause and resume a queue; implies the other two). Also decided by :class:`Authenticate`, before the body.
 5. **404** for every job or queue outside the key's queues: such a job or queue does not exist
    for the key, whether it exists or not (the service applies this; see ``allowed_queues``).
 

@@ -79,6 +79,21 @@ class _JobSpec(BaseModel):
         description="Repeating a request with the same key returns the first job (200) "
         "instead of creating another; a different request with the key is a 409.",
     )
+    unique_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="While a job of the queue with this key is pending or running (or "
+        "finished less than its unique_for seconds ago), answer 200 with that job instead "
+        "of creating another, whatever the request; free again once it finished.",
+    )
+    unique_for: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_DELAY_SECONDS,
+        description="Seconds after the job finished during which its unique_key stays "
+        "taken. Needs unique_key.",
+    )
 
     @field_validator("priority", "max_attempts", mode="before")
     @classmethod
@@ -97,7 +112,7 @@ class _JobSpec(BaseModel):
         except InvalidJob as exc:
             raise ValueError(exc.problem) from None
 
-    @field_validator("idempotency_key")
+    @field_validator("idempotency_key", "unique_key")
     @classmethod
     def _key_text(cls, value: str | None) -> str | None:
         why = text_problem(value) if value is not None else None
@@ -153,7 +168,7 @@ class EnqueueRequest(_JobSpec):
     # as Unix seconds, so a client sending milliseconds would get a date in the year 55000).
     # The query form, where every value is a string, converts as usual.
 
-    @field_validator("priority", "max_attempts", "delay_seconds", mode="before")
+    @field_validator("priority", "max_attempts", "delay_seconds", "unique_for", mode="before")
     @classmethod
     def _json_number(cls, value: Any) -> Any:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -251,6 +266,8 @@ class JobOut(_Out):
     max_attempts: int
     run_at: datetime = Field(description="Earliest time the job may (next) run.")
     idempotency_key: str | None
+    unique_key: str | None
+    unique_for: float | None = Field(description="Seconds its unique_key stays taken after it finished.")
     worker_id: str | None = Field(description="The worker holding the job while it runs; once done, the worker that ran it.")
     lease_expires_at: datetime | None
     result: Any = Field(description="What the task returned, once done.")
@@ -331,6 +348,18 @@ class ScheduleOut(_Out):
 
 class ScheduleList(BaseModel):
     schedules: list[ScheduleOut] = Field(description="By name.")
+
+
+class QueueOut(_Out):
+    name: str
+    paused: bool = Field(description="Workers claim nothing from a paused queue; its running "
+                         "jobs finish.")
+    paused_at: datetime | None = Field(description="When it was paused; null when not paused.")
+    jobs: StateCounts = Field(description="Its jobs by state.")
+
+
+class QueueList(BaseModel):
+    queues: list[QueueOut] = Field(description="Every queue with jobs or ever paused, by name.")
 
 
 class Health(BaseModel):

@@ -28,6 +28,8 @@ from jobq.api.models import (
     JobDetail,
     JobOut,
     JobPage,
+    QueueList,
+    QueueOut,
     ScheduleList,
     ScheduleOut,
     StateCounts,
@@ -99,6 +101,11 @@ def _operation_id(route: APIRoute) -> str:
 
 jobs = APIRouter(prefix="/jobs", tags=["jobs"], generate_unique_id_function=_operation_id)
 monitoring = APIRouter(tags=["monitoring"], generate_unique_id_function=_operation_id)
+queues = APIRouter(prefix="/queues", tags=["queues"], generate_unique_id_function=_operation_id)
+
+QueueName = Annotated[
+    str, Path(pattern=NAME_PATTERN, min_length=1, max_length=128, description="The queue's name.")
+]
 
 
 @jobs.post(
@@ -169,6 +176,8 @@ def _spec(spec: EnqueueRequest | EnqueueQuery) -> dict[str, Any]:
         "run_at": spec.run_at,
         "delay_seconds": spec.delay_seconds,
         "idempotency_key": spec.idempotency_key,
+        "unique_key": spec.unique_key,
+        "unique_for": spec.unique_for,
     }
 
 
@@ -301,6 +310,46 @@ def stats(service: Service, caller: Reader) -> StatsOut:
         oldest_pending_age_seconds=s.oldest_pending_age_seconds,
         finished_last_minute=s.finished_last_minute,
     )
+
+
+def _queue_out(q: Any) -> QueueOut:
+    return QueueOut(name=q.name, paused=q.paused, paused_at=q.paused_at,
+                    jobs=StateCounts(**q.jobs))
+
+
+@queues.get(
+    "",
+    summary="List queues",
+    description="Every queue that has jobs or was ever paused, by name: its jobs by state and "
+    "whether it is paused. An API key sees its queues (each listed, zeros when empty).",
+    responses=problem_responses(401, 403, 422, 429, 503),
+)
+def list_queues(
+    service: Service, caller: Reader, _: Annotated[None, only_query_params()]
+) -> QueueList:
+    return QueueList(queues=[_queue_out(q) for q in service.list_queues(
+        allowed_queues=caller.allowed_queues)])
+
+
+@queues.post(
+    "/{name}/pause",
+    summary="Pause a queue",
+    description="Workers stop claiming its jobs within a poll interval; running jobs finish. "
+    "A queue without jobs can be paused too. Pausing a paused queue changes nothing.",
+    responses=problem_responses(401, 403, 404, 422, 429, 503),
+)
+def pause_queue(service: Service, caller: Admin, name: QueueName) -> QueueOut:
+    return _queue_out(service.pause_queue(name, allowed_queues=caller.allowed_queues))
+
+
+@queues.post(
+    "/{name}/resume",
+    summary="Resume a queue",
+    description="Workers claim its jobs again (on PostgreSQL at once: they are notified).",
+    responses=problem_responses(401, 403, 404, 422, 429, 503),
+)
+def resume_queue(service: Service, caller: Admin, name: QueueName) -> QueueOut:
+    return _queue_out(service.resume_queue(name, allowed_queues=caller.allowed_queues))
 
 
 @monitoring.get(

@@ -12,6 +12,7 @@ import typer
 
 from jobq.cli import jobs, serve, tools
 from jobq.cli.keys import keys
+from jobq.cli.queues import queues
 
 app = typer.Typer(
     help="jobq: a fault-tolerant, SQL-backed background job system.",
@@ -31,6 +32,7 @@ app.command()(jobs.schedules)
 app.command()(tools.chaos)
 app.command()(tools.bench)
 app.add_typer(keys, name="keys")
+app.add_typer(queues, name="queues")
 
 
 def main(argv: list[str] | None = None) -> None:

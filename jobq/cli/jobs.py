@@ -22,6 +22,12 @@ def enqueue(
     max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", min=1,
                                                         max=1000)] = None,
     idempotency_key: Annotated[Optional[str], typer.Option("--idempotency-key")] = None,
+    unique_key: Annotated[Optional[str], typer.Option(
+        "--unique-key", help="While a job of the queue with this key is pending or running, "
+        "print that one instead of making another")] = None,
+    unique_for: Annotated[Optional[float], typer.Option(
+        "--unique-for", min=0, help="Seconds the unique key stays taken after its job "
+        "finished")] = None,
     database_url: DbUrl = None,
     tasks: Tasks = None,
 ) -> None:
@@ -35,6 +41,7 @@ def enqueue(
         result = svc.enqueue(
             task_type, value, queue=queue, priority=priority, max_attempts=max_attempts,
             delay_seconds=delay, idempotency_key=idempotency_key,
+            unique_key=unique_key, unique_for=unique_for,
         )
     job = result.job
     typer.echo(json.dumps({

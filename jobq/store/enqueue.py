@@ -1,7 +1,13 @@
-"""Enqueue: one job or a batch in one transaction, with idempotency keys.
+"""Enqueue: one job or a batch in one transaction, with idempotency keys and unique keys.
 
 An idempotency key is unique within its queue (migration 0005): here a key is always the
 pair (queue, key), ``Scoped``.
+
+A unique key (migration 0007) is held by at most one live (pending, running) job of its
+queue, which a partial unique index enforces, and, with ``unique_for``, by a finished job for
+that many seconds after it finished, which the enqueue checks in its transaction. A batch
+with a unique key takes its own path (``_enqueue_unique``), one job at a time; batches
+without one never pay for it.
 """
 
 from __future__ import annotations
@@ -10,13 +16,16 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, select, tuple_
+from sqlalchemy import Connection, Float, and_, bindparam, func, or_, select, tuple_
 
 from jobq.errors import IdempotencyConflict, StoreUnavailable
 from jobq.store.base import StoreBase, translate
+from jobq.store.exprs import db_now, seconds_after, seconds_from_now
 from jobq.store.rows import created_job, job_of
 from jobq.store.tables import jobs
-from jobq.types import EnqueueResult, Job, NewJob
+from jobq.types import EnqueueResult, Job, JobState, NewJob
+
+LIVE = (JobState.PENDING.value, JobState.RUNNING.value)
 
 #: An idempotency key within its queue: (queue, key).
 Scoped = tuple[str, str]
@@ -52,6 +61,9 @@ class Enqueue(StoreBase):
         """
         if not news:
             return []
+        for new in news:
+            if new.unique_key is not None:
+                return self._enqueue_unique(news)
         first, fresh = _fresh(news)
         # One statement that can roll nothing back (no key of the batch can conflict after
         # the INSERT) is its own transaction: a lone job costs one round trip.
@@ -107,6 +119,99 @@ class Enqueue(StoreBase):
                 raise IdempotencyConflict(key, job.id, index=i)
             results.append(EnqueueResult(job, created=False))
         return results
+
+
+    @functools.cached_property
+    def _unique_insert(self) -> Any:
+        """One job's INSERT for the unique path: ON CONFLICT DO NOTHING without a target, so
+        that a taken idempotency key and a unique key held by a live job are both skipped
+        (and then told apart by looking)."""
+        run_at = func.coalesce(bindparam("at", type_=jobs.c.run_at.type),
+                               seconds_from_now(bindparam("delay", type_=Float())))
+        return (
+            self.dialect.insert(jobs)
+            .values(state=LIVE[0], attempts=0, run_at=run_at, created_at=db_now())
+            .on_conflict_do_nothing()
+            .returning(jobs.c.id, jobs.c.run_at, jobs.c.created_at)
+        )
+
+    def _enqueue_unique(self, news: Sequence[NewJob]) -> list[EnqueueResult]:
+        """``enqueue_many`` for a batch with at least one unique key: in one transaction,
+        item by item (keyed items in key order, so that two batches wait for each other's
+        keys without a cycle), results in input order.
+
+        An item whose unique key a job of its queue holds (live, or finished within that
+        job's ``unique_for``) gets that job, ``created`` False, whatever its request; an
+        idempotency key is honoured first, as in ``enqueue_many``. Concurrent enqueues of
+        one key: on SQLite the write lock orders them; on PostgreSQL the live-jobs unique
+        index does (the second INSERT waits for the first's commit, then is skipped and finds
+        the job). A finished job's window is read in the INSERT's transaction: a job that a
+        concurrent enqueue's lookup saw live is found again after the skipped INSERT, so the
+        one gap is a job created, run and finished entirely between another enqueue's lookup
+        and its INSERT (README, "Unique jobs")."""
+        results: list[EnqueueResult | None] = [None] * len(news)
+        order = sorted(range(len(news)), key=lambda i: (
+            news[i].queue, news[i].unique_key or "", news[i].idempotency_key or "", i))
+        woken: set[str] = set()
+        with self.write() as conn:
+            by_idem: dict[Scoped, tuple[int, Job]] = {}
+            for i in order:
+                new = news[i]
+                for _try in range(3):
+                    found = self._held_by(conn, new, i, by_idem)
+                    if found is not None:
+                        results[i] = EnqueueResult(found, created=False)
+                        break
+                    row = conn.execute(self._unique_insert, {
+                        **_values(new), "unique_key": new.unique_key,
+                        "unique_for": None if new.unique_for is None else float(new.unique_for),
+                    }).first()
+                    if row is not None:
+                        job = created_job(new, row)
+                        results[i] = EnqueueResult(job, created=True)
+                        if new.idempotency_key is not None:
+                            by_idem[_scoped(new)] = (i, job)
+                        if row.run_at <= row.created_at:
+                            woken.add(new.queue)
+                        break
+                else:  # skipped, and its holder gone before it could be read, three times
+                    raise StoreUnavailable(f"the job holding unique_key {new.unique_key!r} "
+                                           "kept vanishing; try again")
+            self.dialect.wake(conn, woken)
+        return [r for r in results if r is not None]
+
+    def _held_by(self, conn: Connection, new: NewJob, index: int,
+                 by_idem: dict[Scoped, tuple[int, Job]]) -> Job | None:
+        """The job that ``new`` is a repeat of: by its idempotency key (an IdempotencyConflict
+        for a different request), else the holder of its unique key; None when it is new."""
+        if new.idempotency_key is not None:
+            scoped = _scoped(new)
+            if scoped in by_idem:
+                first, job = by_idem[scoped]
+                if not _same_request(job, new):
+                    raise IdempotencyConflict.within_batch(scoped[1], index, first)
+                return job
+            job = _jobs_by_key(conn, [scoped]).get(scoped)
+            if job is not None:
+                if not _same_request(job, new):
+                    raise IdempotencyConflict(scoped[1], job.id, index=index)
+                return job
+        if new.unique_key is None:
+            return None
+        return unique_holder(conn, new.queue, new.unique_key)
+
+
+def unique_holder(conn: Connection, queue: str, key: str) -> Job | None:
+    """The job of ``queue`` that holds unique ``key``: its live job, else one finished less
+    than its ``unique_for`` ago (the newest)."""
+    window_open = and_(jobs.c.finished_at.is_not(None), jobs.c.unique_for.is_not(None),
+                       seconds_after(jobs.c.finished_at, jobs.c.unique_for) > db_now())
+    row = conn.execute(
+        select(jobs).where(jobs.c.queue == queue, jobs.c.unique_key == key,
+                           or_(jobs.c.state.in_(LIVE), window_open))
+        .order_by(jobs.c.id.desc()).limit(1)
+    ).first()
+    return None if row is None else job_of(row)
 
 
 def _scoped(new: NewJob) -> Scoped:

@@ -174,3 +174,26 @@ def _unindexed(element: unindexed, compiler: Any, **kw: Any) -> str:
 def _unindexed_sqlite(element: unindexed, compiler: Any, **kw: Any) -> str:
     (col,) = element.clauses
     return f"+{compiler.process(col, **kw)}"
+
+
+class seconds_after(FunctionElement[Any]):
+    """A timestamp column plus a number of seconds (a column or bound value): the end of a
+    finished unique job's ``unique_for`` window."""
+
+    type = Timestamp()
+    inherit_cache = True
+
+    def __init__(self, at: ColumnElement[Any], seconds: ColumnElement[Any]) -> None:
+        super().__init__(at, seconds)
+
+
+@compiles(seconds_after, "postgresql")
+def _after_pg(element: seconds_after, compiler: Any, **kw: Any) -> str:
+    at, secs = (compiler.process(c, **kw) for c in element.clauses)
+    return f"({at} + make_interval(secs => CAST({secs} AS double precision)))"
+
+
+@compiles(seconds_after, "sqlite")
+def _after_sqlite(element: seconds_after, compiler: Any, **kw: Any) -> str:
+    at, secs = (compiler.process(c, **kw) for c in element.clauses)
+    return f"({at} + {secs})"

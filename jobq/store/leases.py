@@ -20,6 +20,7 @@ from sqlalchemy import (
     bindparam,
     case,
     select,
+    true,
     update,
 )
 
@@ -29,7 +30,7 @@ from jobq.store.dialect import ClaimRunner, CompletionRunner, Dialect
 from jobq.store.exprs import NO_LEASE, db_now, held, in_state, new_token, seconds_from_now
 from jobq.store.maintenance import insert_worker
 from jobq.store.rows import built, job_of
-from jobq.store.tables import jobs, workers
+from jobq.store.tables import jobs, queues, workers
 from jobq.types import (
     AttemptOutcome,
     ClaimedJob,
@@ -77,9 +78,15 @@ class Leases(StoreBase):
         # reads the claim index in its order and stops at the limit; with an array it cannot
         # know that and sorts every due job first. (A worker's queues never change, so the
         # text stays the same, and so does the prepared statement.)
+        # A paused queue's jobs are not due (``store/queues.py``): NOT IN a subquery of the
+        # paused queues' names, which PostgreSQL runs once per claim as a hashed subplan (one
+        # look at a table of a few rows, nothing while no queue is paused) and checks per
+        # candidate as a filter, so the claim index's order and the LIMIT stay as they were.
+        paused = select(queues.c.name).where(queues.c.paused == true())
         due = and_(in_state(PENDING),
                    jobs.c.queue.in_(bindparam("c_queues", expanding=True)),
-                   jobs.c.run_at <= db_now())
+                   jobs.c.run_at <= db_now(),
+                   jobs.c.queue.not_in(paused))
         candidates = (
             select(jobs.c.id).where(due)
             .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)

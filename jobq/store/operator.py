@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import exists, or_, select, update
 
 from jobq.errors import InvalidTransition, JobNotFound
 from jobq.store import attempt_log
@@ -14,6 +15,9 @@ from jobq.types import AttemptOutcome, Job, JobState
 
 PENDING, RUNNING = JobState.PENDING.value, JobState.RUNNING.value
 FAILED, CANCELLED = JobState.FAILED.value, JobState.CANCELLED.value
+
+#: Another row of the jobs table, for "another job holds this unique key".
+_other = jobs.alias("other")
 
 
 class Operator(StoreBase):
@@ -47,11 +51,28 @@ class Operator(StoreBase):
 
     @translate
     def retry(self, job_id: int) -> Job:
-        """failed | cancelled → pending, with a fresh budget of attempts."""
+        """failed | cancelled → pending, with a fresh budget of attempts. Refused
+        (InvalidTransition) while another live job of its queue holds its unique key."""
+        try:
+            return self._retry(job_id)
+        except sa_exc.IntegrityError as exc:
+            # PostgreSQL: an enqueue of the key committed between the check and the UPDATE,
+            # and the live-jobs unique index refused the row.
+            state = self.get(job_id, with_attempts=False).state.value
+            raise InvalidTransition(job_id, state, "retry (another pending or running job of "
+                                    "its queue holds its unique_key)") from exc
+
+    def _retry(self, job_id: int) -> Job:
         with self.write() as conn:
             row = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.state.in_([FAILED, CANCELLED]))
+                .where(jobs.c.id == job_id, jobs.c.state.in_([FAILED, CANCELLED]),
+                       # Not while another live job holds its unique key (the live-jobs
+                       # unique index would refuse the row): InvalidTransition below.
+                       or_(jobs.c.unique_key.is_(None), ~exists().where(
+                           _other.c.queue == jobs.c.queue,
+                           _other.c.unique_key == jobs.c.unique_key,
+                           _other.c.state.in_([PENDING, RUNNING]))))
                 .values(
                     state=PENDING, attempts=0, run_at=db_now(), finished_at=None, result=None
                 )
@@ -63,4 +84,7 @@ class Operator(StoreBase):
             state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar()
         if state is None:
             raise JobNotFound(job_id)
+        if state in (FAILED, CANCELLED):
+            raise InvalidTransition(job_id, state, "retry (another pending or running job of "
+                                    "its queue holds its unique_key)")
         raise InvalidTransition(job_id, state, "retry")

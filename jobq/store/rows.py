@@ -66,6 +66,7 @@ def created_job(new: NewJob, row: Any) -> Job:
         max_attempts=new.max_attempts, run_at=row.run_at, idempotency_key=new.idempotency_key,
         worker_id=None, lease_token=None, lease_expires_at=None, result=None, last_error=None,
         created_at=row.created_at, started_at=None, finished_at=None, attempt_log=(),
+        unique_key=new.unique_key, unique_for=new.unique_for,
     )
 
 

@@ -14,12 +14,14 @@ from jobq.store.leases import Leases
 from jobq.store.maintenance import Maintenance
 from jobq.store.operator import Operator
 from jobq.store.queries import Queries
+from jobq.store.queues import Queues
 from jobq.store.schedules import Schedules
 from jobq.store.tooling import Tooling
 
 
-class SqlStore(Enqueue, Queries, Leases, Operator, Maintenance, Schedules, ApiKeys, Tooling):
-    """Jobs, attempts, workers, schedules and API keys in a SQL database. Thread-safe; one per
+class SqlStore(Enqueue, Queries, Leases, Operator, Queues, Maintenance, Schedules, ApiKeys,
+               Tooling):
+    """Jobs, attempts, workers, queues, schedules and API keys in a SQL database. Thread-safe; one per
     process. Made by ``open_store``."""
 
     def dispose(self) -> None:

@@ -148,6 +148,9 @@ jobs = Table(
     Column("created_at", Timestamp, nullable=False),
     Column("started_at", Timestamp, nullable=True),
     Column("finished_at", Timestamp, nullable=True),
+    # Unique jobs (migration 0007): see the two indexes below and ``store/enqueue.py``.
+    Column("unique_key", String(255), nullable=True),
+    Column("unique_for", Float, nullable=True),
     CheckConstraint(f"state IN ({_states})", name="state"),
     CheckConstraint("attempts >= 0 AND attempts <= max_attempts", name="attempts"),
     # An idempotency key is unique within its queue (migration 0005): a producer of one
@@ -183,6 +186,27 @@ Index(
     jobs.c.finished_at,
     postgresql_where=text("finished_at IS NOT NULL"),
     sqlite_where=text("finished_at IS NOT NULL"),
+)
+
+# A unique key is held by at most one live (pending or running) job of its queue: the index
+# that makes concurrent enqueues of one key create one job. Jobs without a key are not in it.
+_LIVE_UNIQUE = "unique_key IS NOT NULL AND state IN ('pending', 'running')"
+Index(
+    "ix_jobq_jobs_unique_live",
+    jobs.c.queue,
+    jobs.c.unique_key,
+    unique=True,
+    postgresql_where=text(_LIVE_UNIQUE),
+    sqlite_where=text(_LIVE_UNIQUE),
+)
+# Every job with a unique key, finished ones too: the lookup of the key's holder, and of a
+# finished job whose ``unique_for`` window is still open.
+Index(
+    "ix_jobq_jobs_unique_key",
+    jobs.c.queue,
+    jobs.c.unique_key,
+    postgresql_where=text("unique_key IS NOT NULL"),
+    sqlite_where=text("unique_key IS NOT NULL"),
 )
 
 attempts = Table(
@@ -262,4 +286,15 @@ schedules = Table(
     Column("last_job_id", BigId, nullable=True),
     Column("created_at", Timestamp, nullable=False),
     Column("declared_at", Timestamp, nullable=False),  # last declared by a worker
+)
+
+# Queues that an operator paused (migration 0007). A row only for a queue that was ever paused
+# or resumed; a queue is paused while its row says so. The claim leaves a paused queue's jobs
+# alone (``store/leases.py``); jobs already running finish as usual.
+queues = Table(
+    "jobq_queues",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
+    Column("paused_at", Timestamp, nullable=True),
 )

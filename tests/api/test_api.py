@@ -40,7 +40,7 @@ BUILTIN_TASKS = {"test", "echo", "sleep", "fail", "noop"}
 JOB_KEYS = {
     "id", "task_type", "payload", "queue", "priority", "state", "attempts", "max_attempts",
     "run_at", "idempotency_key", "worker_id", "lease_expires_at", "result", "last_error",
-    "created_at", "started_at", "finished_at",
+    "created_at", "started_at", "finished_at", "unique_key", "unique_for",
 }
 STATES = {"pending", "running", "done", "failed", "cancelled"}
 
@@ -207,6 +207,73 @@ def test_idempotency_key_201_then_200_then_409(client: httpx.Client, store: SqlS
     assert p["job_id"] == first.json()["id"]
     assert "order-42" in p["detail"]
     assert stored_ids(store) == [first.json()["id"]]
+
+
+def test_unique_key_201_then_200_until_the_job_finished(
+        client: httpx.Client, store: SqlStore) -> None:
+    first = client.post("/jobs", json={"task_type": "echo", "payload": 1, "unique_key": "u-1"})
+    assert first.status_code == 201, first.text
+    assert first.json()["unique_key"] == "u-1" and first.json()["unique_for"] is None
+    # Another request with the key: the live job, 200, whatever the request.
+    again = client.post("/jobs?task_type=echo&payload=other&unique_key=u-1")
+    assert again.status_code == 200, again.text
+    assert (again.json()["id"], again.json()["payload"]) == (first.json()["id"], 1)
+    batch = client.post("/jobs/batch", json={"jobs": [
+        {"task_type": "echo", "payload": 2, "unique_key": "u-1"},
+        {"task_type": "echo", "payload": 3, "unique_key": "u-2", "unique_for": 60},
+    ]})
+    assert batch.status_code == 201, batch.text
+    items = batch.json()["jobs"]
+    assert [j["created"] for j in items] == [False, True]
+    assert items[0]["id"] == first.json()["id"] and items[1]["unique_for"] == 60
+    claimed = store.claim("w", ["default"], 10, 30)
+    for c in claimed:
+        assert store.complete(c.lease, None)
+    # Finished: u-1 is free again; u-2 is held for 60 s after its finish.
+    fresh = client.post("/jobs", json={"task_type": "echo", "unique_key": "u-1"})
+    assert fresh.status_code == 201 and fresh.json()["id"] != first.json()["id"]
+    held = client.post("/jobs", json={"task_type": "echo", "unique_key": "u-2"})
+    assert held.status_code == 200 and held.json()["id"] == items[1]["id"]
+    assert held.json()["state"] == "done"
+
+
+def test_unique_for_without_unique_key_is_a_422(client: httpx.Client) -> None:
+    r = client.post("/jobs", json={"task_type": "echo", "unique_for": 5})
+    assert r.status_code == 422, r.text
+    assert "unique_for" in r.text
+    r = client.post("/jobs", json={"task_type": "echo", "unique_key": "k", "unique_for": "5"})
+    assert r.status_code == 422, r.text
+
+
+def test_concurrent_requests_with_one_unique_key_create_one_job(
+        client: httpx.Client, store: SqlStore) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: client.post("/jobs", json={
+            "task_type": "echo", "payload": i, "unique_key": "race"}), range(8)))
+    assert sorted(r.status_code for r in answers) == [200] * 7 + [201], [r.text for r in answers]
+    assert len({r.json()["id"] for r in answers}) == 1
+    assert len(stored_ids(store)) == 1
+
+
+def test_pause_and_resume_a_queue_and_list_the_queues(
+        client: httpx.Client, store: SqlStore) -> None:
+    job = client.post("/jobs", json={"task_type": "echo", "queue": "mail"}).json()
+    client.post("/jobs", json={"task_type": "echo"})
+    paused = client.post("/queues/mail/pause")
+    assert paused.status_code == 200, paused.text
+    body = paused.json()
+    assert body["name"] == "mail" and body["paused"] is True and body["paused_at"]
+    assert body["jobs"] == {"pending": 1, "running": 0, "done": 0, "failed": 0, "cancelled": 0}
+    assert store.claim("w", ["mail"], 10, 30) == []
+    listed = client.get("/queues")
+    assert listed.status_code == 200, listed.text
+    assert [(q["name"], q["paused"]) for q in listed.json()["queues"]] == [
+        ("default", False), ("mail", True)]
+    resumed = client.post("/queues/mail/resume")
+    assert resumed.status_code == 200 and resumed.json()["paused"] is False
+    assert [c.job.id for c in store.claim("w", ["mail"], 10, 30)] == [job["id"]]
+    assert client.post("/queues/bad%20name/pause").status_code == 422
+    assert client.get("/queues?x=1").status_code == 422
 
 
 def test_idempotency_key_same_job_across_both_forms(client: httpx.Client) -> None:
@@ -873,7 +940,8 @@ def test_docs_and_openapi(client: httpx.Client) -> None:
         ("/jobs", "post"), ("/jobs", "get"), ("/jobs/{job_id}", "get"),
         ("/jobs/{job_id}/cancel", "post"), ("/jobs/{job_id}/retry", "post"),
         ("/stats", "get"), ("/healthz", "get"), ("/jobs/batch", "post"),
-        ("/schedules", "get"),
+        ("/schedules", "get"), ("/queues", "get"), ("/queues/{name}/pause", "post"),
+        ("/queues/{name}/resume", "post"),
     }
     found = {(path, m) for path, ops in spec["paths"].items() for m in ops}
     assert expected == found

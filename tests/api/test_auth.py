@@ -166,6 +166,9 @@ ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/jobs/1/retry", {}),
     ("GET", "/stats", {}),
     ("GET", "/schedules", {}),
+    ("GET", "/queues", {}),
+    ("POST", "/queues/default/pause", {}),
+    ("POST", "/queues/default/resume", {}),
 ]
 
 
@@ -354,6 +357,32 @@ def test_scopes_403_and_cancel_retry_need_admin(api: httpx.Client, svc: JobServi
     assert api.get(f"/jobs/{pending}", headers=bearer(admin)).status_code == 200
     assert api.post("/jobs", json={"task_type": "echo"}, headers=bearer(admin)).status_code \
         == 201
+
+
+def test_queues_list_needs_read_and_pause_resume_need_admin_in_the_keys_queues(
+        api: httpx.Client, svc: JobService) -> None:
+    reader = make_key(svc, ["*"], ["read"])
+    enqueuer = make_key(svc, ["*"], ["enqueue"])
+    admin_a = make_key(svc, ["a"], ["admin"])
+    job_in(svc, "a")
+    job_in(svc, "b")
+    for token in (reader, enqueuer):
+        assert problem(api.post("/queues/a/pause", headers=bearer(token)), 403,
+                       "urn:jobq:problem:forbidden")["required_scope"] == "admin"
+    assert problem(api.get("/queues", headers=bearer(enqueuer)), 403,
+                   "urn:jobq:problem:forbidden")["required_scope"] == "read"
+    listed = api.get("/queues", headers=bearer(reader)).json()["queues"]
+    assert [q["name"] for q in listed] == ["a", "b"]
+    # Outside its queues, a queue does not exist for a key.
+    problem(api.post("/queues/b/pause", headers=bearer(admin_a)), 404,
+            "urn:jobq:problem:queue-not-found")
+    paused = api.post("/queues/a/pause", headers=bearer(admin_a))
+    assert paused.status_code == 200 and paused.json()["paused"] is True
+    mine = api.get("/queues", headers=bearer(admin_a)).json()["queues"]
+    assert [(q["name"], q["paused"]) for q in mine] == [("a", True)]
+    assert not {q.name: q for q in svc.list_queues()}["b"].paused
+    resumed = api.post("/queues/a/resume", headers=bearer(admin_a)).json()
+    assert resumed["paused"] is False and resumed["paused_at"] is None
 
 
 # -- 404: queues outside the key ----------------------------------------------------------

@@ -35,7 +35,8 @@ from jobq.store.migrate import (
 from jobq.store.tables import attempts, jobs, metadata
 from jobq.types import JobState, NewJob
 
-TABLES = {"jobq_jobs", "jobq_attempts", "jobq_workers", "jobq_api_keys", "jobq_schedules"}
+TABLES = {"jobq_jobs", "jobq_attempts", "jobq_workers", "jobq_api_keys", "jobq_schedules",
+          "jobq_queues"}
 
 
 @pytest.fixture
@@ -115,7 +116,7 @@ def _describe(engine: Engine) -> dict[str, Any]:
 
 
 def test_head_is_a_single_known_revision() -> None:
-    assert head_revision() == "0006"
+    assert head_revision() == "0007"
 
 
 def test_migrate_twice_is_a_noop(fresh_url: Callable[[], str]) -> None:
@@ -243,7 +244,60 @@ def test_0006_adds_the_schedules_and_keeps_every_job(fresh_url: Callable[[], str
         assert [s.name for s in store.list_schedules()] == ["minutely"]
         downgrade(engine, "0005")
         assert "jobq_schedules" not in inspect(engine).get_table_names()
-        assert store.get(job.id).idempotency_key == "k"
+        with engine.connect() as conn:  # raw: today's table has columns 0005 lacks
+            assert conn.execute(text("SELECT idempotency_key FROM jobq_jobs WHERE id = :id"),
+                                {"id": job.id}).scalar() == "k"
+    finally:
+        engine.dispose()
+
+
+def test_0007_adds_unique_keys_and_the_queues_table_and_keeps_every_job(fresh_url: Callable[[], str]) -> None:
+    """From 0006 with a job and its attempt: the unique-key columns and indexes come (on
+    SQLite without a rebuild), old jobs hold no key, a live key is unique in its queue even
+    to a raw INSERT; back to 0006 they go and the jobs stay."""
+    engine = _engine(fresh_url())
+    try:
+        migrate(engine, "0006")
+        assert "jobq_queues" not in inspect(engine).get_table_names()
+        now = datetime.now(timezone.utc)
+        row = {"task_type": "echo", "payload": {"n": 1}, "priority": 0, "state": "pending",
+               "attempts": 0, "max_attempts": 3, "run_at": now, "created_at": now,
+               "queue": "a", "idempotency_key": "k"}
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO jobq_jobs (task_type, payload, priority, state, attempts, "
+                "max_attempts, run_at, created_at, queue, idempotency_key) VALUES "
+                "(:task_type, :payload, :priority, :state, :attempts, :max_attempts, "
+                ":run_at, :created_at, :queue, :idempotency_key)"),
+                {**row, "payload": '{"n": 1}',
+                 "run_at": now.timestamp() if engine.dialect.name == "sqlite" else now,
+                 "created_at": now.timestamp() if engine.dialect.name == "sqlite" else now})
+            conn.execute(insert(attempts), [{
+                "job_id": 1, "attempt": 1, "worker_id": "w", "lease_token": "t" * 32,
+                "started_at": now, "finished_at": now, "outcome": "error", "error": "boom"}])
+        migrate(engine)
+        assert current_revision(engine) == head_revision()
+        assert _diffs(engine) == []
+        store = SqlStore(engine)
+        kept = store.get(1)
+        assert (kept.payload, kept.idempotency_key, kept.unique_key) == ({"n": 1}, "k", None)
+        assert [a.error for a in kept.attempt_log] == ["boom"]
+        made = store.enqueue(NewJob("echo", 1, queue="a", unique_key="u"))
+        assert made.created
+        assert not store.enqueue(NewJob("echo", 2, queue="a", unique_key="u")).created
+        with pytest.raises(IntegrityError):  # the index itself, under any code
+            with engine.begin() as conn:
+                conn.execute(insert(jobs), [{**row, "idempotency_key": None, "unique_key": "u"}])
+        assert store.pause_queue("a").paused
+        assert store.claim("w", ["a"], 10, 30) == []
+        downgrade(engine, "0006")
+        assert "jobq_queues" not in inspect(engine).get_table_names()
+        assert "unique_key" not in {c["name"] for c in inspect(engine).get_columns("jobq_jobs")}
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM jobq_jobs")).scalar() == 2
+            assert conn.execute(text("SELECT count(*) FROM jobq_attempts")).scalar() == 1
+        migrate(engine)
+        assert _diffs(engine) == []
     finally:
         engine.dispose()
 

@@ -446,3 +446,29 @@ def test_another_queues_job_is_not_found_by_the_same_work_as_a_missing_one(
         event.remove(store.engine, "before_cursor_execute", capture)
     assert work[:3] == work[3:]
     assert not any("jobq_attempts" in s for _, statements in work for s in statements)
+
+
+def test_unique_keys_through_the_python_client(svc: JobService) -> None:
+    """``enqueue`` and ``enqueue_many`` take unique_key and unique_for; concurrent threads
+    (group commit) with one key get one job."""
+    first = svc.enqueue("plain", 1, queue="u", unique_key="nightly", unique_for=30)
+    assert first.created and (first.job.unique_key, first.job.unique_for) == ("nightly", 30)
+    again = svc.enqueue("plain", 2, queue="u", unique_key="nightly")
+    assert (again.created, again.job.id) == (False, first.job.id)
+    many = svc.enqueue_many([{"task_type": "plain", "queue": "u", "unique_key": "nightly"},
+                             {"task_type": "plain", "queue": "u", "unique_key": "other"}])
+    assert [r.created for r in many] == [False, True]
+    barrier = threading.Barrier(8)
+    out: list[Any] = []
+
+    def go() -> None:
+        barrier.wait(timeout=10)
+        out.append(svc.enqueue("plain", None, queue="u", unique_key="race"))
+
+    threads = [threading.Thread(target=go) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(out) == 8 and len({r.job.id for r in out}) == 1
+    assert sum(r.created for r in out) == 1

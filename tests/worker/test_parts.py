@@ -515,3 +515,30 @@ def test_discard_on_fails_at_once_and_other_errors_retry(
     # backoff 0: the second round ran the other one's second and last attempt
     other = store.get(retried.id)
     assert other.state is JobState.FAILED and other.attempts == 2
+
+
+def test_the_fetcher_leaves_a_paused_queue_alone_until_it_is_resumed(
+    store: SqlStore, fast: Settings
+) -> None:
+    """A paused queue's pending job is not claimed; its running job finishes; after the
+    resume the next fetch claims the pending one."""
+    running = enqueue(store, task_type="ok")
+
+    async def test(worker: Worker) -> None:
+        await worker.fetcher.fetch()
+        store.pause_queue("default")
+        waiting = enqueue(store, task_type="ok")
+        await settled(worker)
+        await worker.completer.flush()  # the running job of the paused queue finished
+        assert store.get(running.id, with_attempts=False).state is JobState.DONE
+        for _ in range(3):
+            await worker.fetcher.fetch()
+        assert len(worker.slots) == 0
+        assert store.get(waiting.id, with_attempts=False).state is JobState.PENDING
+        store.resume_queue("default")
+        await worker.fetcher.fetch()
+        await settled(worker)
+        await worker.completer.flush()
+        assert store.get(waiting.id, with_attempts=False).state is JobState.DONE
+
+    run(store, fast, test)
