@@ -15,7 +15,7 @@ from jobq.harness.databases import (
     with_server,
 )
 from jobq.harness.pgbouncer import PgBouncer, find_pgbouncer
-from jobq.harness.pgcluster import PgCluster, pg_bin
+from jobq.harness.pgcluster import PgCluster, missing_programs, pg_bin
 from jobq.harness.procs import (
     Cluster,
     Proc,
@@ -28,6 +28,6 @@ from jobq.harness.procs import (
 
 __all__ = [
     "Cluster", "PgBouncer", "PgCluster", "PgDatabases", "pg_bin", "Proc", "Processes",
-    "child_env", "drop_sqlite", "find_pgbouncer", "free_port", "redact", "server_address",
+    "child_env", "drop_sqlite", "find_pgbouncer", "free_port", "missing_programs", "redact", "server_address",
     "wait_for", "wait_until", "with_database", "with_server",
 ]

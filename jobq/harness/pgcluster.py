@@ -40,6 +40,17 @@ def pg_bin(name: str) -> str:
                             "/usr/lib/postgresql/*/bin)")
 
 
+def missing_programs(names: tuple[str, ...]) -> list[str]:
+    """Those of ``names`` (initdb, pg_ctl, …) that ``pg_bin`` cannot find."""
+    missing = []
+    for name in names:
+        try:
+            pg_bin(name)
+        except FileNotFoundError:
+            missing.append(name)
+    return missing
+
+
 def _as_owner() -> tuple[dict[str, object], int | None, int | None]:
     """How to run a server program: as ``postgres`` when we are root."""
     if os.geteuid() != 0:

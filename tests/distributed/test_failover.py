@@ -17,26 +17,16 @@ from pathlib import Path
 import pytest
 
 from jobq.chaos.campaigns.failover import PROGRAMS
-from jobq.harness import pg_bin
+from jobq.harness import missing_programs
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-
-def _programs_missing() -> list[str]:
-    missing = []
-    for name in PROGRAMS:
-        try:
-            pg_bin(name)
-        except FileNotFoundError:
-            missing.append(name)
-    return missing
 
 
 @pytest.mark.timeout(300)
 def test_failover_to_the_synchronous_standby_loses_nothing_and_needs_no_restart(
     pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    missing = _programs_missing()
+    missing = missing_programs(PROGRAMS)
     if missing:
         pytest.skip(f"no PostgreSQL server programs ({', '.join(missing)})")
     admin = os.environ.get("JOBQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

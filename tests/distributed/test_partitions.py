@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from jobq.harness import netns, pg_bin
+from jobq.harness import missing_programs, netns
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -25,12 +25,8 @@ def _why_not() -> str | None:
     why = netns.available()
     if why is not None:
         return why
-    for name in ("initdb", "pg_ctl"):
-        try:
-            pg_bin(name)
-        except FileNotFoundError:
-            return f"no PostgreSQL server program {name}"
-    return None
+    missing = missing_programs(("initdb", "pg_ctl"))
+    return f"no PostgreSQL server programs {', '.join(missing)}" if missing else None
 
 
 @pytest.mark.timeout(600)

@@ -21,7 +21,7 @@ from jobq.chaos.checks import Check, all_jobs, read_ledger, registered_pids
 from jobq.chaos.cluster import Databases, chaos_cluster
 from jobq.chaos.load import LoadGen
 from jobq.chaos.setup import Ctx, Setup, finish, start_workers
-from jobq.harness import PgCluster, pg_bin, wait_until
+from jobq.harness import PgCluster, missing_programs, wait_until
 from jobq.settings import load_settings
 from jobq.store import open_store
 from jobq.types import AttemptOutcome, JobState
@@ -38,16 +38,6 @@ BEFORE_S, AFTER_S = 5.0, 5.0
 BACK_WITHIN_S = 10.0
 
 PROGRAMS = ("initdb", "pg_ctl", "pg_basebackup")
-
-
-def _missing_programs() -> list[str]:
-    missing = []
-    for name in PROGRAMS:
-        try:
-            pg_bin(name)
-        except FileNotFoundError:
-            missing.append(name)
-    return missing
 
 
 def pair_url(primary: PgCluster, standby: PgCluster, database: str) -> str:
@@ -117,7 +107,7 @@ def _window(load: LoadGen, stopped: float) -> tuple[float, float, list[int]] | N
 
 def failover(ctx: Ctx) -> list[Check]:
     """Failover: the primary stopped hard under load, its synchronous standby promoted."""
-    missing = _missing_programs()
+    missing = missing_programs(PROGRAMS)
     if missing:
         return [Check("skipped", f"no PostgreSQL server programs ({', '.join(missing)}; PATH "
                       "or /usr/lib/postgresql/*/bin): the failover campaign needs them", True)]
