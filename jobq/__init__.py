@@ -9,9 +9,11 @@ from jobq.registry import JobContext, task
 from jobq.schedules import schedule
 
 if TYPE_CHECKING:
+    from jobq.client import AsyncClient, Client
     from jobq.service import JobService
 
-__all__ = ["task", "schedule", "JobContext", "Snooze", "Cancel", "connect"]
+__all__ = ["task", "schedule", "JobContext", "Snooze", "Cancel", "connect", "Client",
+           "AsyncClient"]
 __version__ = "0.1.0"
 
 
@@ -27,3 +29,13 @@ def connect(database_url: str | None = None, **settings: Any) -> JobService:
     from jobq.settings import load_settings
 
     return JobService.from_settings(load_settings(database_url=database_url, **settings))
+
+
+def __getattr__(name: str) -> Any:
+    # The HTTP clients, imported on first use: a task module's `from jobq import task` need
+    # not load httpx.
+    if name in ("Client", "AsyncClient"):
+        from jobq import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'jobq' has no attribute {name!r}")
