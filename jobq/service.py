@@ -21,6 +21,7 @@ from jobq.registry import TaskRegistry, load_registry
 from jobq.schedules import ScheduleState
 from jobq.settings import Settings
 from jobq.store import SqlStore, open_store
+from jobq.store.borrowed import their_connection
 from jobq.types import (
     NAME_PATTERN,
     EnqueueResult,
@@ -79,6 +80,7 @@ class JobService:
         unique_key: str | None = None,
         unique_for: float | None = None,
         allowed_queues: Collection[str] | None = None,
+        connection: Any = None,
     ) -> EnqueueResult:
         """Persist a job; it is durable when this returns.
 
@@ -91,12 +93,23 @@ class JobService:
         ``unique_key``: while a job of the queue with that key is pending or running (or,
         with ``unique_for`` seconds, finished less than that long ago), return that job
         (``created`` False) instead of making another, whatever its request.
+
+        ``connection``: the application's own connection to jobq's database (a SQLAlchemy
+        Connection or Session, a psycopg or sqlite3 connection, ``jobq.store.borrowed``):
+        the job is written in its open transaction and exists once that commits, never if it
+        rolls back; nothing is committed here, and no group commit applies.
         """
         new = self._new_job(
             task_type, payload, queue=queue, priority=priority, max_attempts=max_attempts,
             run_at=run_at, delay_seconds=delay_seconds, idempotency_key=idempotency_key,
             unique_key=unique_key, unique_for=unique_for, allowed_queues=allowed_queues,
         )
+        if connection is not None:
+            try:
+                return self._in_their_transaction([new], connection)[0]
+            except JobqError as exc:
+                exc.index = None  # one job, not an item of a batch
+                raise
         return self._group.enqueue(new)
 
     async def enqueue_async(
@@ -118,6 +131,7 @@ class JobService:
         specs: Iterable[Mapping[str, Any]],
         *,
         allowed_queues: Collection[str] | None = None,
+        connection: Any = None,
     ) -> list[EnqueueResult]:
         """Persist many jobs in one transaction, all or nothing; durable when this returns.
 
@@ -126,8 +140,18 @@ class JobService:
         The results are in the order of ``specs``. An error about one spec (UnknownTask,
         InvalidJob, QueueNotFound, IdempotencyConflict) says which in its ``index`` (from 0),
         and then no job of the batch is stored.
+
+        ``connection``: as for ``enqueue``, the whole batch in the application's transaction.
         """
-        return self._group.enqueue_many(self._new_jobs(specs, allowed_queues))
+        news = self._new_jobs(specs, allowed_queues)
+        if connection is not None:
+            return self._in_their_transaction(news, connection)
+        return self._group.enqueue_many(news)
+
+    def _in_their_transaction(self, news: list[NewJob], connection: Any
+                              ) -> list[EnqueueResult]:
+        with their_connection(connection, self.store.dialect.name) as conn:
+            return self.store.enqueue_many(news, conn=conn)
 
     async def enqueue_many_async(
         self,

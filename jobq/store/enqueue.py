@@ -16,7 +16,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Float, and_, bindparam, func, or_, select, tuple_
+from sqlalchemy import Connection, Float, and_, bindparam, delete, func, or_, select, tuple_
 
 from jobq.errors import IdempotencyConflict, StoreUnavailable
 from jobq.store.base import StoreBase, translate
@@ -49,7 +49,8 @@ class Enqueue(StoreBase):
             raise
 
     @translate
-    def enqueue_many(self, news: Sequence[NewJob]) -> list[EnqueueResult]:
+    def enqueue_many(self, news: Sequence[NewJob], *,
+                     conn: Connection | None = None) -> list[EnqueueResult]:
         """Insert jobs in one transaction, all or nothing; the results are in input order.
 
         Idempotency keys work as in ``enqueue``, between the items too: an item whose key an
@@ -58,33 +59,64 @@ class Enqueue(StoreBase):
         an IdempotencyConflict whose ``index`` names the item, and nothing is stored. Idle
         workers of the queues that got a job that is due now are woken at commit (on
         PostgreSQL by the INSERT itself).
+
+        ``conn``: write in that connection's transaction (the application's own, see
+        ``jobq.store.borrowed``) and commit nothing: the jobs exist once it commits, never if
+        it rolls back. An IdempotencyConflict then deletes what this call inserted, so that
+        the transaction holds none of the batch, as it would after a rollback of ours.
         """
         if not news:
             return []
-        for new in news:
-            if new.unique_key is not None:
-                return self._enqueue_unique(news)
+        if conn is not None:
+            return self._in_their_transaction(conn, news)
+        if any(new.unique_key is not None for new in news):
+            with self.write() as own:
+                return self._enqueue_unique(own, news)
         first, fresh = _fresh(news)
         # One statement that can roll nothing back (no key of the batch can conflict after
         # the INSERT) is its own transaction: a lone job costs one round trip.
         alone = len(fresh) <= self.ENQUEUE_CHUNK and (not first or len(news) == 1)
-        with self.dialect.one_statement(self) if alone else self.write() as conn:
-            rows = []
-            for start in range(0, len(fresh), self.ENQUEUE_CHUNK):
-                chunk = [news[i] for i in fresh[start:start + self.ENQUEUE_CHUNK]]
-                params = self.dialect.enqueue_params([_values(n) for n in chunk], self.engine)
-                rows += conn.execute(self._enqueue_stmt, params).all()
-            # RETURNING promises no order. Ids are drawn in the order the rows are inserted,
-            # which is the order of the items (ORDER BY ordinality; VALUES in order; chunks
-            # one after another), so sorted by id the rows pair with the items that were
-            # inserted: the fresh ones but those whose key an existing job holds.
-            rows.sort(key=lambda r: r.id)
-            if not first:  # no keys: every item was inserted, in order (the common case)
-                if len(rows) != len(news):
-                    raise RuntimeError("enqueue_many: a row per item was expected")
-                return [EnqueueResult(created_job(new, row), created=True)
-                        for new, row in zip(news, rows)]
-            return self._with_keys(conn, news, first, fresh, rows)
+        with self.dialect.one_statement(self) if alone else self.write() as own:
+            return self._insert(own, news, first, fresh)
+
+    def _in_their_transaction(self, conn: Connection,
+                              news: Sequence[NewJob]) -> list[EnqueueResult]:
+        made: list[int] = []
+        try:
+            if any(new.unique_key is not None for new in news):
+                return self._enqueue_unique(conn, news, made)
+            first, fresh = _fresh(news)
+            return self._insert(conn, news, first, fresh, made)
+        except IdempotencyConflict:
+            # No savepoint: SQLite's driver, as applications configure it, may open a
+            # transaction with SAVEPOINT and commit it with RELEASE. Deleting the rows is the
+            # same on both databases, and nothing else has seen them.
+            for start in range(0, len(made), 500):
+                conn.execute(delete(jobs).where(jobs.c.id.in_(made[start:start + 500])))
+            raise
+
+    def _insert(self, conn: Connection, news: Sequence[NewJob], first: dict[Scoped, int],
+                fresh: list[int], made: list[int] | None = None) -> list[EnqueueResult]:
+        """The INSERT of ``enqueue_many``'s common path, on ``conn``; the ids of the rows
+        inserted are added to ``made``."""
+        rows = []
+        for start in range(0, len(fresh), self.ENQUEUE_CHUNK):
+            chunk = [news[i] for i in fresh[start:start + self.ENQUEUE_CHUNK]]
+            params = self.dialect.enqueue_params([_values(n) for n in chunk], self.engine)
+            rows += conn.execute(self._enqueue_stmt, params).all()
+        if made is not None:
+            made.extend(r.id for r in rows)
+        # RETURNING promises no order. Ids are drawn in the order the rows are inserted,
+        # which is the order of the items (ORDER BY ordinality; VALUES in order; chunks
+        # one after another), so sorted by id the rows pair with the items that were
+        # inserted: the fresh ones but those whose key an existing job holds.
+        rows.sort(key=lambda r: r.id)
+        if not first:  # no keys: every item was inserted, in order (the common case)
+            if len(rows) != len(news):
+                raise RuntimeError("enqueue_many: a row per item was expected")
+            return [EnqueueResult(created_job(new, row), created=True)
+                    for new, row in zip(news, rows)]
+        return self._with_keys(conn, news, first, fresh, rows)
 
     def _with_keys(
         self, conn: Connection, news: Sequence[NewJob], first: dict[Scoped, int],
@@ -135,7 +167,8 @@ class Enqueue(StoreBase):
             .returning(jobs.c.id, jobs.c.run_at, jobs.c.created_at)
         )
 
-    def _enqueue_unique(self, news: Sequence[NewJob]) -> list[EnqueueResult]:
+    def _enqueue_unique(self, conn: Connection, news: Sequence[NewJob],
+                        made: list[int] | None = None) -> list[EnqueueResult]:
         """``enqueue_many`` for a batch with at least one unique key: in one transaction,
         item by item (keyed items in key order, so that two batches wait for each other's
         keys without a cycle), results in input order.
@@ -153,31 +186,32 @@ class Enqueue(StoreBase):
         order = sorted(range(len(news)), key=lambda i: (
             news[i].queue, news[i].unique_key or "", news[i].idempotency_key or "", i))
         woken: set[str] = set()
-        with self.write() as conn:
-            by_idem: dict[Scoped, tuple[int, Job]] = {}
-            for i in order:
-                new = news[i]
-                for _try in range(3):
-                    found = self._held_by(conn, new, i, by_idem)
-                    if found is not None:
-                        results[i] = EnqueueResult(found, created=False)
-                        break
-                    row = conn.execute(self._unique_insert, {
-                        **_values(new), "unique_key": new.unique_key,
-                        "unique_for": None if new.unique_for is None else float(new.unique_for),
-                    }).first()
-                    if row is not None:
-                        job = created_job(new, row)
-                        results[i] = EnqueueResult(job, created=True)
-                        if new.idempotency_key is not None:
-                            by_idem[_scoped(new)] = (i, job)
-                        if row.run_at <= row.created_at:
-                            woken.add(new.queue)
-                        break
-                else:  # skipped, and its holder gone before it could be read, three times
-                    raise StoreUnavailable(f"the job holding unique_key {new.unique_key!r} "
-                                           "kept vanishing; try again")
-            self.dialect.wake(conn, woken)
+        by_idem: dict[Scoped, tuple[int, Job]] = {}
+        for i in order:
+            new = news[i]
+            for _try in range(3):
+                found = self._held_by(conn, new, i, by_idem)
+                if found is not None:
+                    results[i] = EnqueueResult(found, created=False)
+                    break
+                row = conn.execute(self._unique_insert, {
+                    **_values(new), "unique_key": new.unique_key,
+                    "unique_for": None if new.unique_for is None else float(new.unique_for),
+                }).first()
+                if row is not None:
+                    job = created_job(new, row)
+                    results[i] = EnqueueResult(job, created=True)
+                    if made is not None:
+                        made.append(row.id)
+                    if new.idempotency_key is not None:
+                        by_idem[_scoped(new)] = (i, job)
+                    if row.run_at <= row.created_at:
+                        woken.add(new.queue)
+                    break
+            else:  # skipped, and its holder gone before it could be read, three times
+                raise StoreUnavailable(f"the job holding unique_key {new.unique_key!r} "
+                                       "kept vanishing; try again")
+        self.dialect.wake(conn, woken)
         return [r for r in results if r is not None]
 
     def _held_by(self, conn: Connection, new: NewJob, index: int,
