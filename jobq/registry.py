@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from jobq.errors import ConfigError, UnknownTask
+from pydantic import BaseModel
+
+from jobq import payloads
+from jobq.errors import ConfigError, InvalidJob, UnknownTask
 from jobq.retry import DEFAULT_MAX_SNOOZES, RetryPolicy, retry_policy
 from jobq.schedules import InvalidSchedule, Schedule, make_schedule
 from jobq.settings import NAME_PATTERN
@@ -44,6 +47,8 @@ class Task:
     is_async: bool
     wants_context: bool
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    #: The pydantic model of its payload (``def send(payload: Email)``; jobq.payloads).
+    payload_model: type[BaseModel] | None = None
 
 
 def _wants_context(name: str, fn: Callable[..., Any]) -> bool:
@@ -97,6 +102,7 @@ class TaskRegistry:
             is_async=inspect.iscoroutinefunction(fn),
             wants_context=_wants_context(name, fn),
             policy=policy,
+            payload_model=payloads.payload_model(fn),
         )
         self._tasks[name] = task
         return task
@@ -136,6 +142,12 @@ class TaskRegistry:
         if unknown:
             raise ConfigError(f"schedules of unknown tasks: {', '.join(unknown)}; known "
                               f"tasks: {', '.join(self.names())}")
+        for s in self._schedules.values():
+            try:
+                payloads.checked(self._tasks[s.task_type].payload_model, s.payload)
+            except InvalidJob as exc:
+                raise ConfigError(f"schedule {s.name!r}: its payload does not fit task "
+                                  f"{s.task_type!r}'s model: {exc}") from None
 
 
 #: Where ``@task`` registers. Modules named in JOBQ_TASKS are imported so that their

@@ -10,6 +10,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
+from jobq import payloads
 from jobq.coalesce import GroupCommit
 from jobq.errors import (
     InvalidJob,
@@ -200,7 +201,7 @@ class JobService:
             max_attempts = task.max_attempts or self.settings.max_attempts
         return NewJob(
             task_type=task_type,
-            payload=payload,
+            payload=payloads.checked(task.payload_model, payload),
             queue=queue,
             priority=priority,
             max_attempts=max_attempts,

@@ -15,6 +15,7 @@ from jobq.api.guards import RequestGuard, Rules
 from jobq.api.openapi import install_openapi
 from jobq.api.problems import install_problem_handlers, problem_response
 from jobq.api.routes import jobs, monitoring, queues
+from jobq.api.tasks import tasks
 from jobq.service import JobService
 from jobq.settings import Settings, load_settings
 
@@ -121,7 +122,7 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
     )
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     # Outside BodyLimit, so that a request without a valid key is answered before its body.
-    app.add_middleware(Authenticate, routers=(jobs, monitoring))
+    app.add_middleware(Authenticate, routers=(jobs, monitoring, tasks))
     app.add_middleware(OpenApiGuard)
     app.add_middleware(RequestGuard)  # added last, so it runs first: Host, Origin, framing
     install_problem_handlers(app)
@@ -129,4 +130,5 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
     app.include_router(jobs)
     app.include_router(monitoring)
     app.include_router(queues)
+    app.include_router(tasks)
     return app

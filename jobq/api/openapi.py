@@ -27,6 +27,8 @@ FastAPI builds the document (``/openapi.json``) from the routes and models, once
   dropped from both; the server still takes a JSON ``null`` body as no body. (Declaring the
   route's body without None, ``SkipJsonSchema[None]``, would make pydantic validate a real
   union and name each error twice, once per alternative.)
+- **Typed tasks.** A path per task with a payload model (``jobq.api.tasks``), so that the
+  document, which is built once the app has started, names the registered tasks.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from fastapi import FastAPI
 from pydantic.json_schema import models_json_schema
 
 from jobq.api.models import Problem
+from jobq.api.tasks import typed_task_paths
 
 _METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 _NULL = {"type": "null"}
@@ -53,6 +56,10 @@ def install_openapi(app: FastAPI) -> None:
             _add_problem_schemas(document)
             _optional_security(document)
             _not_null(document)
+            service = getattr(app.state, "service", None)
+            if service is None:
+                return document  # not started: no tasks known yet, so not kept
+            typed_task_paths(document, service.registry)
             app.openapi_schema = document
         return app.openapi_schema
 

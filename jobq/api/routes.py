@@ -38,6 +38,7 @@ from jobq.api.models import (
 )
 from jobq.api.problems import problem_responses
 from jobq.errors import InvalidJob, StoreUnavailable, UnknownTask
+from jobq.payloads import InvalidPayload
 from jobq.service import JobService
 from jobq.settings import NAME_PATTERN
 from jobq.types import JobState
@@ -159,7 +160,13 @@ async def submit_job(
 
 
 def _invalid(exc: InvalidJob, *where: str | int) -> RequestValidationError:
-    """A job that NewJob refused, as the 422 of a request field (``where``: its place)."""
+    """A job that NewJob refused, as the 422 of a request field (``where``: its place); a
+    payload its task's model refused, as a 422 of each field of the payload."""
+    if isinstance(exc, InvalidPayload):
+        return RequestValidationError([
+            {"type": "payload_invalid", "loc": (*where, "payload", *loc), "msg": msg}
+            for loc, msg in exc.errors
+        ])
     return RequestValidationError([{
         "type": "value_error", "loc": (*where, exc.field), "msg": exc.problem,
     }])

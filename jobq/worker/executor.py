@@ -7,6 +7,9 @@ import threading
 import traceback
 from typing import Any
 
+from pydantic import ValidationError
+
+from jobq import payloads
 from jobq.errors import Cancel, Snooze
 from jobq.jsonvalue import check_json_value, storable_text
 from jobq.registry import JobContext, Task, TaskRegistry
@@ -67,8 +70,13 @@ async def run_claimed(claimed: ClaimedJob, registry: TaskRegistry, worker_id: st
         task = registry.get(job.task_type)
     except Exception as exc:  # noqa: BLE001 - unknown here: a worker without that handler
         return Failure(f"{type(exc).__name__}: {exc}", "")
+    try:
+        payload = payloads.parsed(task.payload_model, job.payload)
+    except ValidationError as exc:  # stored before its model changed: no attempt would fit
+        return Failure(f"InvalidPayload: the payload no longer fits the task's model: {exc}"
+                       [:4000], "", final=True)
     ctx = JobContext(
         job_id=job.id, attempt=lease.attempt, max_attempts=lease.max_attempts,
         queue=job.queue, task_type=job.task_type, worker_id=worker_id, stopped=stopped,
     )
-    return await execute(task, job.payload, ctx, backoff)
+    return await execute(task, payload, ctx, backoff)

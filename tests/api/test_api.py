@@ -941,8 +941,10 @@ def test_docs_and_openapi(client: httpx.Client) -> None:
         ("/jobs/{job_id}/cancel", "post"), ("/jobs/{job_id}/retry", "post"),
         ("/stats", "get"), ("/healthz", "get"), ("/jobs/batch", "post"),
         ("/schedules", "get"), ("/queues", "get"), ("/queues/{name}/pause", "post"),
-        ("/queues/{name}/resume", "post"),
+        ("/queues/{name}/resume", "post"), ("/tasks", "get"), ("/tasks/{task_type}/jobs", "post"),
     }
+    # The typed path of each task with a payload model (tests/api/test_typed_payloads.py)
+    # is not here: the server of this test knows only the built-in tasks.
     found = {(path, m) for path, ops in spec["paths"].items() for m in ops}
     assert expected == found
     for path, method in expected:
