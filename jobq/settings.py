@@ -77,8 +77,12 @@ class Settings(BaseSettings):
         "once however many do."
     )
     retention_seconds: float = Field(
-        7 * 86400, ge=0, description="Finished jobs (done, failed, cancelled) older than this "
-        "are deleted with their attempts; 0 keeps them forever."
+        7 * 86400, ge=0, description="Done and cancelled jobs older than this are deleted "
+        "with their attempts; 0 keeps them forever."
+    )
+    failed_retention_seconds: float = Field(
+        30 * 86400, ge=0, description="Failed jobs (the dead letters, kept to be inspected "
+        "and retried) are deleted after this instead; 0 keeps them forever."
     )
     prune_interval_seconds: float = Field(
         60.0, gt=0, le=86400, description="How often a worker prunes finished jobs (one worker "

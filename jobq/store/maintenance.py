@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import ColumnElement, Connection, and_, delete, false, insert, or_, select
 
 from jobq.store.base import StoreBase, translate
 from jobq.store.exprs import db_now, seconds_from_now, try_maintenance_lock, unindexed
@@ -12,6 +13,7 @@ from jobq.store.tables import attempts, jobs, workers
 from jobq.types import JobState, WorkerRegistration
 
 FINISHED = [JobState.DONE.value, JobState.FAILED.value, JobState.CANCELLED.value]
+FINISHED_OK = [JobState.DONE.value, JobState.CANCELLED.value]
 
 
 class Maintenance(StoreBase):
@@ -43,9 +45,12 @@ class Maintenance(StoreBase):
             ).rowcount
 
     @translate
-    def prune_finished(self, older_than_seconds: float, limit: int = PRUNE_BATCH) -> int | None:
+    def prune_finished(self, older_than_seconds: float, limit: int = PRUNE_BATCH, *,
+                       keep_failed_for: float | None = None) -> int | None:
         """Delete up to ``limit`` jobs that finished (done, failed, cancelled) more than
-        ``older_than_seconds`` ago, with their attempts, oldest first.
+        ``older_than_seconds`` ago, with their attempts, oldest first. ``keep_failed_for``:
+        failed jobs (the dead letters, kept to be inspected and retried) only after that
+        many seconds instead; either may be ``math.inf``, for never.
 
         Returns how many were deleted, or None when another process is pruning right now
         (PostgreSQL: a transaction-scoped advisory lock, so only one does at a time).
@@ -57,14 +62,11 @@ class Maintenance(StoreBase):
             # rather than having its job deleted under it.
             ids = conn.execute(
                 select(jobs.c.id)
-                .where(
-                    # Without statistics SQLite would pick the (state, id) index, read every
-                    # finished job and sort them, on each prune, holding the write lock (about
-                    # a second with a million finished jobs); by finish time it reads only
-                    # the ones it deletes.
-                    unindexed(jobs.c.state).in_(FINISHED),
-                    jobs.c.finished_at < seconds_from_now(-older_than_seconds),
-                )
+                # Without statistics SQLite would pick the (state, id) index, read every
+                # finished job and sort them, on each prune, holding the write lock (about a
+                # second with a million finished jobs); by finish time it reads only the ones
+                # it deletes.
+                .where(_prunable(older_than_seconds, keep_failed_for))
                 .order_by(jobs.c.finished_at)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
@@ -75,6 +77,23 @@ class Maintenance(StoreBase):
             return conn.execute(
                 delete(jobs).where(jobs.c.id.in_(ids), jobs.c.state.in_(FINISHED))
             ).rowcount
+
+
+def _prunable(older_than: float, keep_failed_for: float | None) -> ColumnElement[bool]:
+    state = unindexed(jobs.c.state)
+    ages = ([(FINISHED, older_than)] if keep_failed_for is None else
+            [(FINISHED_OK, older_than), ([JobState.FAILED.value], keep_failed_for)])
+    finite = [(states, age) for states, age in ages if math.isfinite(age)]
+    if not finite:
+        return false()
+    # The youngest bound alone first, which the finished-at index answers in its order;
+    # then each state's own age.
+    youngest = jobs.c.finished_at < seconds_from_now(-min(age for _, age in finite))
+    if len(finite) == 1:
+        return and_(state.in_(finite[0][0]), youngest)
+    return and_(youngest, or_(*(
+        and_(state.in_(states), jobs.c.finished_at < seconds_from_now(-age))
+        for states, age in finite)))
 
 
 def insert_worker(conn: Connection, reg: WorkerRegistration) -> None:

@@ -8,7 +8,9 @@ safe to run concurrently (SKIP LOCKED for rescue, one pruner at a time under a l
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 from dataclasses import dataclass
 
 from jobq.settings import Settings
@@ -37,16 +39,21 @@ class Maintenance:
 
     async def prune(self) -> float:
         """Forget workers silent for ten leases; delete finished jobs, and schedules no
-        worker declares, past the retention period (JOBQ_RETENTION_SECONDS=0 keeps them)."""
+        worker declares, past their retention periods (JOBQ_RETENTION_SECONDS for done and
+        cancelled jobs, JOBQ_FAILED_RETENTION_SECONDS for failed ones; 0 keeps them)."""
         await self.db.call(self.store.prune_workers, 10 * self.settings.lease_seconds)
-        if self.settings.retention_seconds <= 0:
+        keep = self.settings.retention_seconds or math.inf
+        keep_failed = self.settings.failed_retention_seconds or math.inf
+        if math.isinf(keep) and math.isinf(keep_failed):
             return self.settings.prune_interval_seconds
-        # Schedules no worker has declared that long were removed from the code.
-        await self.db.call(self.store.prune_schedules, self.settings.retention_seconds)
-        deleted = await self.db.call(self.store.prune_finished, self.settings.retention_seconds)
+        if not math.isinf(keep):
+            # Schedules no worker has declared that long were removed from the code.
+            await self.db.call(self.store.prune_schedules, keep)
+        deleted = await self.db.call(functools.partial(
+            self.store.prune_finished, keep, keep_failed_for=keep_failed))
         if deleted:
-            log.info("pruned %d finished job(s) older than %.0fs", deleted,
-                     self.settings.retention_seconds)
+            log.info("pruned %d finished job(s) (retention %.0fs, failed %.0fs)", deleted,
+                     keep, keep_failed)
         # A full batch means more are due: go on soon, but leave the database room to breathe.
         if deleted == self.store.PRUNE_BATCH:
             return 1.0

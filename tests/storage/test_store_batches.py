@@ -5,6 +5,7 @@ wake-up notifications that PostgreSQL sends at commit."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import select
 import time
 from collections.abc import Iterator
@@ -79,6 +80,26 @@ def test_prune_deletes_only_finished_jobs_older_than_the_retention(store: SqlSto
                  "(SELECT id FROM jobq_jobs)")
         ).scalar()
     assert orphans == 0
+
+
+def test_failed_jobs_have_their_own_retention(store: SqlStore) -> None:
+    failed = enqueue(store, max_attempts=1)
+    c = claim_one(store)
+    assert store.fail(c.lease, "boom", "", 0) is JobState.FAILED
+    done = enqueue(store)
+    store.complete(claim_one(store).lease, None)
+    cancelled = enqueue(store)
+    store.cancel(cancelled.id)
+    time.sleep(0.05)
+
+    def left() -> set[int]:
+        return {j.id for j in store.list_jobs(limit=10).items}
+
+    assert store.prune_finished(0, keep_failed_for=math.inf) == 2  # done, cancelled: not failed
+    assert left() == {failed.id}
+    assert store.prune_finished(0, keep_failed_for=3600) == 0  # failed: kept for an hour
+    assert store.prune_finished(math.inf, keep_failed_for=0) == 1
+    assert left() == set() and done.id not in left()
 
 
 def test_prune_works_in_batches(store: SqlStore) -> None:
