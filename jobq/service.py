@@ -23,6 +23,7 @@ from jobq.schedules import ScheduleState
 from jobq.settings import Settings
 from jobq.store import SqlStore, open_store
 from jobq.store.borrowed import their_connection
+from jobq.store.operator import BulkResult, JobFilter
 from jobq.types import (
     NAME_PATTERN,
     EnqueueResult,
@@ -35,6 +36,11 @@ from jobq.types import (
 )
 
 _QUEUE_NAME = re.compile(NAME_PATTERN)
+
+#: Jobs one bulk cancel or retry takes by default, and at most.
+BULK_DEFAULT, BULK_MOST = 1000, 10000
+PENDING, RUNNING = JobState.PENDING.value, JobState.RUNNING.value
+FAILED, CANCELLED = JobState.FAILED.value, JobState.CANCELLED.value
 
 
 class JobService:
@@ -251,6 +257,52 @@ class JobService:
         if allowed_queues is not None:
             self._visible(job_id, allowed_queues)
         return self.store.retry(job_id)
+
+    def cancel_matching(self, *, state: JobState | str | None = None, queue: str | None = None,
+                        task_type: str | None = None, limit: int = BULK_DEFAULT,
+                        allowed_queues: Collection[str] | None = None) -> BulkResult:
+        """``cancel`` every job that matches (``state`` pending or running, default both),
+        at most ``limit``, oldest first. At least one filter must be given: cancelling every
+        job of every queue is said with ``state``."""
+        if state is None and queue is None and task_type is None:
+            raise InvalidJob("state", "give state, queue or task_type: a bulk cancel of "
+                             "every job needs at least one filter")
+        match = self._filter(state, (PENDING, RUNNING), queue, task_type, limit,
+                             allowed_queues, "cancel")
+        return self.store.cancel_matching(match, limit)
+
+    def retry_matching(self, *, state: JobState | str | None = None, queue: str | None = None,
+                       task_type: str | None = None, limit: int = BULK_DEFAULT,
+                       allowed_queues: Collection[str] | None = None) -> BulkResult:
+        """``retry`` every job that matches (``state`` failed, the default, or cancelled),
+        at most ``limit``, oldest first."""
+        match = self._filter(state or JobState.FAILED, (FAILED, CANCELLED), queue, task_type,
+                             limit, allowed_queues, "retry")
+        return self.store.retry_matching(match, limit)
+
+    def count_matching(self, *, states: Sequence[str], queue: str | None = None,
+                       task_type: str | None = None,
+                       allowed_queues: Collection[str] | None = None) -> int:
+        return self.store.count_matching(JobFilter(
+            tuple(states), queue, task_type,
+            None if allowed_queues is None else tuple(sorted(allowed_queues))))
+
+    def _filter(self, state: JobState | str | None, allowed: tuple[str, ...],
+                queue: str | None, task_type: str | None, limit: int,
+                allowed_queues: Collection[str] | None, action: str) -> JobFilter:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not (
+                1 <= limit <= BULK_MOST):
+            raise InvalidJob("limit", f"must be an integer from 1 to {BULK_MOST}")
+        try:
+            states = allowed if state is None else (JobState(state).value,)
+        except ValueError:
+            raise InvalidJob("state", f"{action} takes {' or '.join(allowed)} jobs") from None
+        if not set(states) <= set(allowed):
+            raise InvalidJob("state", f"{action} takes {' or '.join(allowed)} jobs")
+        if queue is not None and allowed_queues is not None and queue not in allowed_queues:
+            raise QueueNotFound(queue)
+        return JobFilter(states, queue, task_type,
+                         None if allowed_queues is None else tuple(sorted(allowed_queues)))
 
     def _visible(self, job_id: int, queues: Collection[str]) -> None:
         self.store.get(job_id, with_attempts=False, queues=queues)  # JobNotFound if not

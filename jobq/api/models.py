@@ -292,6 +292,35 @@ class JobDetail(JobOut):
     attempt_log: list[AttemptOut] = Field(description="Every attempt, oldest first.")
 
 
+class BulkRequest(BaseModel):
+    """Which jobs a bulk cancel or retry takes: every given field must match."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"state": "failed", "queue": "emails"}, {"task_type": "report"}]})
+
+    state: JobState | None = Field(
+        None, description="cancel: pending or running (default both); retry: failed "
+        "(default) or cancelled.")
+    queue: Name | None = Field(None, description="Only jobs of this queue.")
+    task_type: Name | None = Field(None, description="Only jobs of this task.")
+    limit: int = Field(1000, ge=1, le=10000, description="Most jobs changed by this request, "
+                       "oldest first; `more` says whether others match.")
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _json_integer(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("must be a JSON integer")
+        return value
+
+
+class BulkOut(BaseModel):
+    changed: int = Field(description="Jobs cancelled (or retried) by this request.")
+    more: bool = Field(description="Jobs that match are left: past the limit, or skipped "
+                       "(held by a claim that moment, or a retry refused by a unique key). "
+                       "Send the request again for them.")
+
+
 class JobPage(BaseModel):
     items: list[JobOut] = Field(description="Newest first.")
     next_cursor: str | None = Field(

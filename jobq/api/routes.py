@@ -22,6 +22,8 @@ from jobq.api.auth import Admin, Enqueuer, Reader
 from jobq.api.models import (
     BatchOut,
     BatchRequest,
+    BulkOut,
+    BulkRequest,
     EnqueueQuery,
     EnqueueRequest,
     Health,
@@ -290,6 +292,42 @@ def get_job(service: Service, caller: Reader, job_id: JobId) -> JobDetail:
 )
 def cancel_job(service: Service, caller: Admin, job_id: JobId) -> JobOut:
     return JobOut.model_validate(service.cancel(job_id, allowed_queues=caller.allowed_queues))
+
+
+@jobs.post(
+    "/cancel",
+    summary="Cancel jobs in bulk",
+    description="Every job that matches the filter (at least one field; `state` pending or "
+    "running, default both), up to `limit`, oldest first → how many were cancelled, and "
+    "whether more match. Admin scope.",
+    responses=problem_responses(400, 401, 403, 404, 413, 422, 429, 503),
+)
+def cancel_jobs(service: Service, caller: Admin, body: BulkRequest) -> BulkOut:
+    try:
+        r = service.cancel_matching(state=body.state, queue=body.queue,
+                                    task_type=body.task_type, limit=body.limit,
+                                    allowed_queues=caller.allowed_queues)
+    except InvalidJob as exc:
+        raise _invalid(exc, "body") from None
+    return BulkOut(changed=r.changed, more=r.more)
+
+
+@jobs.post(
+    "/retry",
+    summary="Retry jobs in bulk",
+    description="Every job that matches the filter (`state` failed, the default, or "
+    "cancelled), up to `limit`, oldest first → how many were retried, and whether more "
+    "match. A job whose unique key a live job holds is left. Admin scope.",
+    responses=problem_responses(400, 401, 403, 404, 413, 422, 429, 503),
+)
+def retry_jobs(service: Service, caller: Admin, body: BulkRequest) -> BulkOut:
+    try:
+        r = service.retry_matching(state=body.state, queue=body.queue,
+                                   task_type=body.task_type, limit=body.limit,
+                                   allowed_queues=caller.allowed_queues)
+    except InvalidJob as exc:
+        raise _invalid(exc, "body") from None
+    return BulkOut(changed=r.changed, more=r.more)
 
 
 @jobs.post(

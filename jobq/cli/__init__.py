@@ -1,4 +1,5 @@
-"""The `jobq` command: up, api, worker, migrate, enqueue, stats, schedules.
+"""The `jobq` command: up, api, worker, migrate, enqueue, stats, schedules, and the groups
+jobs, keys and queues.
 
 Every option falls back to its JOBQ_* environment variable, then to the default.
 """
@@ -11,6 +12,7 @@ import sys
 import typer
 
 from jobq.cli import jobs, serve, tools
+from jobq.cli.jobops import jobs as jobs_group
 from jobq.cli.keys import keys
 from jobq.cli.queues import queues
 
@@ -31,6 +33,7 @@ app.command()(jobs.stats)
 app.command()(jobs.schedules)
 app.command()(tools.chaos)
 app.command()(tools.bench)
+app.add_typer(jobs_group, name="jobs")
 app.add_typer(keys, name="keys")
 app.add_typer(queues, name="queues")
 

@@ -1,9 +1,13 @@
-"""An operator's transitions: cancel and retry."""
+"""An operator's transitions: cancel and retry, of one job or in bulk."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, select, update
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import exists, or_, select, update
 
 from jobq.errors import InvalidTransition, JobNotFound
 from jobq.store import attempt_log
@@ -88,3 +92,130 @@ class Operator(StoreBase):
             raise InvalidTransition(job_id, state, "retry (another pending or running job of "
                                     "its queue holds its unique_key)")
         raise InvalidTransition(job_id, state, "retry")
+
+
+# -- in bulk ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a bulk operation takes: each given field must match (``queues``: the
+    caller's API key, None for every queue)."""
+
+    states: tuple[str, ...]
+    queue: str | None = None
+    task_type: str | None = None
+    queues: tuple[str, ...] | None = None
+
+    def where(self) -> ColumnElement[bool]:
+        conds = [jobs.c.state.in_(self.states)]
+        if self.queue is not None:
+            conds.append(jobs.c.queue == self.queue)
+        if self.task_type is not None:
+            conds.append(jobs.c.task_type == self.task_type)
+        if self.queues is not None:
+            conds.append(jobs.c.queue.in_(self.queues))
+        return and_(*conds)
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    changed: int  # jobs moved to the new state
+    more: bool  # jobs that match are left (past the limit, or skipped: locked, or refused)
+
+
+class BulkOperator(Operator):
+    """``Operator``'s transitions for every job that matches a filter."""
+
+    #: Jobs per transaction: each chunk holds its row locks briefly.
+    BULK_CHUNK = 500
+
+    @translate
+    def cancel_matching(self, match: JobFilter, limit: int) -> BulkResult:
+        """``cancel`` for up to ``limit`` jobs that ``match`` (pending, running), oldest
+        first, in chunks; a running job's attempt is recorded as cancelled."""
+        return self._bulk(match, limit, self._cancel_chunk)
+
+    @translate
+    def retry_matching(self, match: JobFilter, limit: int) -> BulkResult:
+        """``retry`` for up to ``limit`` jobs that ``match`` (failed, cancelled), oldest
+        first, in chunks. A job whose unique key another live job holds (or an earlier job
+        of the same chunk takes back) is left as it is."""
+        return self._bulk(match, limit, self._retry_chunk, self._retry_one)
+
+    @translate
+    def count_matching(self, match: JobFilter) -> int:
+        with self.read() as conn:
+            return conn.execute(select(func.count()).where(match.where())).scalar_one()
+
+    def _bulk(self, match: JobFilter, limit: int,
+              chunk: Callable[[Connection, list[Any]], int],
+              one: Callable[[int], bool] | None = None) -> BulkResult:
+        changed, after, skipped = 0, 0, False
+        while changed < limit:
+            rows: list[Any] = []
+            try:
+                with self.write() as conn:
+                    # Keyset paging by id, so that a job skipped (locked by a claim in
+                    # flight, or refused) is not read again, and the loop ends.
+                    rows = list(conn.execute(
+                        select(jobs).where(match.where(), jobs.c.id > after)
+                        .order_by(jobs.c.id).limit(min(self.BULK_CHUNK, limit - changed))
+                        .with_for_update(skip_locked=True)
+                    ).all())
+                    if not rows:
+                        break
+                    n = chunk(conn, rows)
+            except sa_exc.IntegrityError:
+                # PostgreSQL: an enqueue of a unique key committed meanwhile; that chunk
+                # again, one job at a time.
+                if one is None or not rows:
+                    raise
+                n = sum(one(r.id) for r in rows)
+            after = rows[-1].id
+            skipped = skipped or n < len(rows)
+            changed += n
+        more = skipped or changed >= limit and self.exists(
+            select(jobs.c.id).where(match.where(), jobs.c.id > after).limit(1))
+        return BulkResult(changed=changed, more=more)
+
+    def _cancel_chunk(self, conn: Connection, rows: list[Any]) -> int:
+        ids = [r.id for r in rows]
+        done = conn.execute(
+            update(jobs).where(jobs.c.id.in_(ids), jobs.c.state.in_([PENDING, RUNNING]))
+            .values(state=CANCELLED, finished_at=db_now(), **NO_LEASE)
+        ).rowcount
+        attempt_log.record(conn, self.dialect,
+                           [attempt_log.of_row(r) for r in rows if r.state == RUNNING],
+                           AttemptOutcome.CANCELLED)
+        return done
+
+    def _retry_one(self, job_id: int) -> bool:
+        try:
+            self.retry(job_id)
+            return True
+        except (InvalidTransition, JobNotFound):
+            return False
+
+    def _retry_chunk(self, conn: Connection, rows: list[Any]) -> int:
+        # One job per unique key of a queue: two retried at once would both be live.
+        seen: set[tuple[str, str]] = set()
+        ids = []
+        for r in rows:
+            if r.unique_key is not None:
+                if (r.queue, r.unique_key) in seen:
+                    continue
+                seen.add((r.queue, r.unique_key))
+            ids.append(r.id)
+        woken = conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(ids), jobs.c.state.in_([FAILED, CANCELLED]),
+                   or_(jobs.c.unique_key.is_(None), ~exists().where(
+                       _other.c.queue == jobs.c.queue,
+                       _other.c.unique_key == jobs.c.unique_key,
+                       _other.c.state.in_([PENDING, RUNNING]))))
+            .values(state=PENDING, attempts=0, run_at=db_now(), finished_at=None, result=None)
+            .returning(jobs.c.queue)
+        ).scalars().all()
+        self.dialect.wake(conn, woken)
+        return len(woken)

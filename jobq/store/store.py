@@ -12,14 +12,14 @@ from jobq.store.api_keys import ApiKeys
 from jobq.store.enqueue import Enqueue
 from jobq.store.leases import Leases
 from jobq.store.maintenance import Maintenance
-from jobq.store.operator import Operator
+from jobq.store.operator import BulkOperator
 from jobq.store.queries import Queries
 from jobq.store.queues import Queues
 from jobq.store.schedules import Schedules
 from jobq.store.tooling import Tooling
 
 
-class SqlStore(Enqueue, Queries, Leases, Operator, Queues, Maintenance, Schedules, ApiKeys,
+class SqlStore(Enqueue, Queries, Leases, BulkOperator, Queues, Maintenance, Schedules, ApiKeys,
                Tooling):
     """Jobs, attempts, workers, queues, schedules and API keys in a SQL database. Thread-safe; one per
     process. Made by ``open_store``."""
