@@ -95,6 +95,11 @@ class Settings(BaseSettings):
         "more than the free slots)."
     )
     processes: int = Field(1, ge=1, le=64, description="Worker processes per `jobq worker`.")
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="A worker serves its Prometheus metrics at "
+        "http://JOBQ_METRICS_HOST:port/metrics (with several worker processes, process i on "
+        "port + i); unset: none.")
+    metrics_host: str = Field("127.0.0.1", description="Address the workers' metrics bind.")
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, le=3600, description="Time running jobs get to finish on SIGTERM."
     )

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
 from pydantic import BeforeValidator
 
@@ -40,6 +41,7 @@ from jobq.api.models import (
 )
 from jobq.api.problems import problem_responses
 from jobq.errors import InvalidJob, StoreUnavailable, UnknownTask
+from jobq.metrics import PROMETHEUS_TEXT, cluster_metrics
 from jobq.payloads import InvalidPayload
 from jobq.service import JobService
 from jobq.settings import NAME_PATTERN
@@ -411,6 +413,25 @@ def list_schedules(
         ScheduleOut.model_validate(s)
         for s in service.list_schedules(allowed_queues=caller.allowed_queues)
     ])
+
+
+@monitoring.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    description="The cluster's gauges, read from the database at each scrape (jobs by queue "
+    "and state, paused queues, the oldest due job's wait, live workers, jobs created), in "
+    "Prometheus' text format; the same from every API process. Counters and histograms of "
+    "what workers do come from the workers themselves (JOBQ_METRICS_PORT). An API key bound "
+    "to some queues sees those queues only.",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                     "description": "Prometheus text format 0.0.4."},
+               **problem_responses(401, 403, 422, 429, 503)},
+)
+def metrics(service: Service, caller: Reader,
+            _: Annotated[None, only_query_params()]) -> PlainTextResponse:
+    return PlainTextResponse(cluster_metrics(service, caller.allowed_queues),
+                             media_type=PROMETHEUS_TEXT)
 
 
 @monitoring.get(

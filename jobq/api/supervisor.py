@@ -79,6 +79,8 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         data = self.settings.model_dump()
+        if child.kind == "worker" and self.settings.metrics_port is not None:
+            data["metrics_port"] = self.settings.metrics_port + child.index  # one port each
         child.process = self._ctx.Process(
             target=child_main,
             args=(child.kind, data, os.getpid(), child.index),

@@ -76,6 +76,15 @@ class Queries(StoreBase):
         return Page(items=items, next_cursor=next_cursor)
 
     @translate
+    def highest_job_id(self) -> int:
+        """The newest job's id (0 for none): how many jobs were ever enqueued, since ids are
+        drawn in order and never reused (AUTOINCREMENT on SQLite). Pruning leaves it alone
+        but when it deletes the newest job, a week after a queue's last enqueue; the count
+        then falls, which Prometheus reads as a counter reset."""
+        with self.read() as conn:
+            return int(conn.execute(select(func.max(jobs.c.id))).scalar() or 0)
+
+    @translate
     def stats(self, live_worker_seconds: float, *, queues: Sequence[str] | None = None) -> Stats:
         """Jobs per state and queue, the live workers, the age of the oldest due job, and the
         jobs finished in the last minute. With ``queues``: of those queues only (each listed,

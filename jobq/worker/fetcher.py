@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from jobq import metrics
 from jobq.errors import StoreUnavailable
 from jobq.registry import TaskRegistry
 from jobq.retry import Backoff
@@ -92,6 +93,7 @@ class Fetcher:
         return Backoff(self.settings.backoff_base_seconds, self.settings.backoff_cap_seconds)
 
     def start(self, claimed: ClaimedJob, sent: float) -> Running:
+        metrics.started(claimed.job)
         running = self.slots.add(claimed, sent)
         running.task = asyncio.create_task(self._work(running), name=f"job-{claimed.job.id}")
         return running
@@ -100,6 +102,7 @@ class Fetcher:
         """Run the job; hand its outcome to the outbox unless the job was taken away; free the
         slot. A cancellation the worker did not ask for propagates (and frees nothing)."""
         lease = running.claimed.lease
+        began = time.monotonic()
         try:
             outcome = await run_claimed(running.claimed, self.registry, self.worker_id,
                                         running.stopped, self.backoff)
@@ -107,6 +110,7 @@ class Fetcher:
             if not running.taken_away:
                 raise
             outcome = None
+        metrics.ended(running.claimed, outcome, time.monotonic() - began)
         if outcome is not None and not running.taken_away:
             self.slots.outbox.put(lease, outcome)
         self.slots.finish(lease.token)

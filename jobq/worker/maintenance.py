@@ -13,6 +13,7 @@ import logging
 import math
 from dataclasses import dataclass
 
+from jobq import metrics
 from jobq.settings import Settings
 from jobq.store import SqlStore
 from jobq.types import JobState
@@ -33,6 +34,7 @@ class Maintenance:
         rescued = await self.db.call(self.store.rescue)
         for job in rescued:
             log.warning("rescued job %s (lease expired) -> %s", job.id, job.state)
+            metrics.rescued(job)
         if any(job.state is JobState.PENDING for job in rescued):
             self.wake.set()  # claim them now if a slot is free, not at the next poll
         return self.settings.rescue_interval_seconds

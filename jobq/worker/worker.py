@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from jobq.errors import StoreUnavailable
+from jobq.metrics import serve_worker_metrics
 from jobq.registry import TaskRegistry, load_registry
 from jobq.settings import Settings
 from jobq.store import SqlStore, open_store
@@ -205,6 +206,8 @@ def run_worker(settings: Settings, *, worker_id: str | None = None) -> int:
     """Entry point of one worker process: connect, migrate if asked, serve until stopped."""
     configure_logging(settings.log_level)
     registry = load_registry(settings.tasks)
+    if settings.metrics_port is not None:
+        serve_worker_metrics(settings.metrics_host, settings.metrics_port)
     store = open_store(settings)
     try:
         worker = Worker(store, registry, settings, worker_id=worker_id or new_worker_id())

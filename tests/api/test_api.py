@@ -942,7 +942,7 @@ def test_docs_and_openapi(client: httpx.Client) -> None:
         ("/stats", "get"), ("/healthz", "get"), ("/jobs/batch", "post"),
         ("/schedules", "get"), ("/queues", "get"), ("/queues/{name}/pause", "post"),
         ("/queues/{name}/resume", "post"), ("/tasks", "get"), ("/tasks/{task_type}/jobs", "post"),
-        ("/jobs/cancel", "post"), ("/jobs/retry", "post"),
+        ("/jobs/cancel", "post"), ("/jobs/retry", "post"), ("/metrics", "get"),
     }
     # The typed path of each task with a payload model (tests/api/test_typed_payloads.py)
     # is not here: the server of this test knows only the built-in tasks.
