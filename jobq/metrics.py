@@ -164,7 +164,7 @@ class ClusterCollector(Collector):
             # some queues
             yield CounterMetricFamily(
                 "jobq_jobs_created", "Jobs enqueued so far, in every queue (the highest "
-                "job id; it can only grow).", value=self.service.store.highest_job_id())
+                "job id).", value=self.service.store.highest_job_id())
 
 
 def cluster_metrics(service: JobService, queues: Collection[str] | None) -> bytes:
