@@ -305,13 +305,7 @@ def cancel_job(service: Service, caller: Admin, job_id: JobId) -> JobOut:
     responses=problem_responses(400, 401, 403, 404, 413, 422, 429, 503),
 )
 def cancel_jobs(service: Service, caller: Admin, body: BulkRequest) -> BulkOut:
-    try:
-        r = service.cancel_matching(state=body.state, queue=body.queue,
-                                    task_type=body.task_type, limit=body.limit,
-                                    allowed_queues=caller.allowed_queues)
-    except InvalidJob as exc:
-        raise _invalid(exc, "body") from None
-    return BulkOut(changed=r.changed, more=r.more)
+    return _bulk(service.cancel_matching, body, caller)
 
 
 @jobs.post(
@@ -323,11 +317,14 @@ def cancel_jobs(service: Service, caller: Admin, body: BulkRequest) -> BulkOut:
     responses=problem_responses(400, 401, 403, 404, 413, 422, 429, 503),
 )
 def retry_jobs(service: Service, caller: Admin, body: BulkRequest) -> BulkOut:
+    return _bulk(service.retry_matching, body, caller)
+
+
+def _bulk(run: Any, body: BulkRequest, caller: Any) -> BulkOut:
     try:
-        r = service.retry_matching(state=body.state, queue=body.queue,
-                                   task_type=body.task_type, limit=body.limit,
-                                   allowed_queues=caller.allowed_queues)
-    except InvalidJob as exc:
+        r = run(state=body.state, queue=body.queue, task_type=body.task_type,
+                limit=body.limit, allowed_queues=caller.allowed_queues)
+    except InvalidJob as exc:  # the service's rules for the filter
         raise _invalid(exc, "body") from None
     return BulkOut(changed=r.changed, more=r.more)
 
