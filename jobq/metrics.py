@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -34,9 +34,6 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from jobq.types import Cancelled, ClaimedJob, Failure, Job, Outcome, Snoozed, Success
-
-if TYPE_CHECKING:
-    from jobq.service import JobService
 
 log = logging.getLogger("jobq.metrics")
 
@@ -137,7 +134,8 @@ class ClusterCollector(Collector):
     """Gauges of the whole cluster, read from the database at each collect: what the
     caller's API key may see (``queues``; None: every queue)."""
 
-    def __init__(self, service: JobService, queues: Collection[str] | None) -> None:
+    def __init__(self, service: Any, queues: Collection[str] | None) -> None:
+        # service: a jobq.service.JobService (not imported: this module is below it).
         self.service = service
         self.queues = queues
 
@@ -167,7 +165,7 @@ class ClusterCollector(Collector):
                 "job id).", value=self.service.store.highest_job_id())
 
 
-def cluster_metrics(service: JobService, queues: Collection[str] | None) -> bytes:
+def cluster_metrics(service: Any, queues: Collection[str] | None) -> bytes:
     """The text exposition of the cluster's gauges, for ``GET /metrics``."""
     from prometheus_client import generate_latest
 

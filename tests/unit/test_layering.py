@@ -25,13 +25,13 @@ PACKAGE = Path(__file__).resolve().parents[2] / "jobq"
 LAYER_OF = {
     "types": "domain", "errors": "domain", "settings": "domain", "jsonvalue": "domain",
     "keys": "domain", "retry": "domain", "registry": "domain", "builtin_tasks": "domain",
-    "schedules": "domain",
+    "schedules": "domain", "payloads": "domain", "metrics": "domain",
     "store": "store", "migrations": "migrations",
     "service": "service", "coalesce": "service",
     "worker": "worker",
     "api": "api",
-    "bench": "tools", "chaos": "tools", "harness": "tools",
-    "cli": "entry", "__main__": "entry", "__init__": "entry",
+    "bench": "tools", "chaos": "tools", "harness": "tools", "testing": "tools",
+    "cli": "entry", "client": "entry", "__main__": "entry", "__init__": "entry",
 }
 
 #: What each layer may import.
