@@ -41,6 +41,8 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 _NAME = re.compile(NAME_PATTERN)
 PRIORITY_RANGE = (-1000, 1000)  # higher runs first
 MAX_ATTEMPTS_RANGE = (1, 1000)
+#: A concurrency limit (of a queue, or of a key's jobs) across the cluster.
+CONCURRENCY_RANGE = (1, 100_000)
 MAX_DELAY_SECONDS = 366 * 86400
 #: Earliest and latest ``run_at``, in UTC. SQLite keeps times as float Unix seconds, whose
 #: rounding near the ends of Python's datetime range (years 1 and 9999) can land outside it, so
@@ -128,6 +130,9 @@ class Job:
     # ``unique_for`` seconds after it finished, an enqueue with the key in its queue gets it.
     unique_key: str | None = None
     unique_for: float | None = None
+    # A serial lane (migration 0009): at most ``concurrency_limit`` running with this key.
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
     attempt_log: tuple[Attempt, ...] = field(default=())
 
 
@@ -150,6 +155,9 @@ class NewJob:
     idempotency_key: str | None = None
     unique_key: str | None = None
     unique_for: float | None = None
+    #: At most ``concurrency_limit`` jobs with this key run at once, across the cluster.
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
 
     def __post_init__(self) -> None:
         for name, value in (("task_type", self.task_type), ("queue", self.queue)):
@@ -189,6 +197,18 @@ class NewJob:
                 math.isfinite(u) and 0 <= u <= MAX_DELAY_SECONDS
             ):
                 raise InvalidJob("unique_for", f"must be a number from 0 to {MAX_DELAY_SECONDS}")
+        if self.concurrency_key is not None:
+            key = self.concurrency_key
+            why = text_problem(key) if isinstance(key, str) else "must be a string"
+            if why is None and not 1 <= len(key) <= 255:
+                why = "must be 1 to 255 characters long"
+            if why:
+                raise InvalidJob("concurrency_key", why)
+            if self.concurrency_limit is None:
+                raise InvalidJob("concurrency_limit", "a concurrency_key needs a limit")
+            _in_range("concurrency_limit", self.concurrency_limit, *CONCURRENCY_RANGE)
+        elif self.concurrency_limit is not None:
+            raise InvalidJob("concurrency_limit", "needs a concurrency_key")
         try:
             check_json_value(self.payload)
         except ValueError as exc:
@@ -298,6 +318,11 @@ class QueueInfo:
     paused: bool
     paused_at: datetime | None
     jobs: dict[str, int]
+    #: Limits across the cluster (``store/limits.py``): most running at once, and starts per
+    #: second with their burst; None: no such limit.
+    concurrency: int | None = None
+    rate: float | None = None
+    burst: int | None = None
 
 
 @dataclass(frozen=True)

@@ -283,6 +283,8 @@ def _values(new: NewJob) -> dict[str, Any]:
         "priority": new.priority,
         "max_attempts": new.max_attempts,
         "idempotency_key": new.idempotency_key,
+        "concurrency_key": new.concurrency_key,
+        "concurrency_limit": new.concurrency_limit,
         "at": new.run_at,
         "delay": float(new.delay_seconds or 0),
     }

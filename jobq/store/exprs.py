@@ -131,6 +131,8 @@ def _token_sqlite(element: new_token, compiler: Any, **kw: Any) -> str:
 MIGRATION_LOCK = 0x6A6F6271
 #: The pruning of finished jobs: "jobqprun" in ASCII.
 MAINTENANCE_LOCK = 0x6A6F6271_7072756E
+#: The seed of the concurrency keys' lock hashes: "jobqkey" in ASCII.
+KEY_LOCK_SEED = 0x6A6F62716B6579
 
 
 class try_maintenance_lock(FunctionElement[Any]):
@@ -149,6 +151,32 @@ def _lock_pg(element: try_maintenance_lock, compiler: Any, **kw: Any) -> str:
 
 @compiles(try_maintenance_lock, "sqlite")
 def _lock_sqlite(element: try_maintenance_lock, compiler: Any, **kw: Any) -> str:
+    return "1"
+
+
+class key_lock(FunctionElement[Any]):
+    """Wait for, then hold to the end of the transaction, the lock of one concurrency key
+    (``store/limits.py``): PostgreSQL's transaction-scoped advisory lock on a 64-bit hash of
+    the key (a collision only makes two keys wait for each other); on SQLite the writer
+    already holds the database's only write lock."""
+
+    type = Boolean()
+    inherit_cache = True
+
+    def __init__(self, key: ColumnElement[Any]) -> None:
+        super().__init__(key)
+
+
+@compiles(key_lock, "postgresql")
+def _key_lock_pg(element: key_lock, compiler: Any, **kw: Any) -> str:
+    (key,) = element.clauses
+    # Seeded, so these locks never meet the migration's or pruning's fixed keys by design.
+    return (f"(pg_advisory_xact_lock(hashtextextended({compiler.process(key, **kw)}, "
+            f"{KEY_LOCK_SEED})) IS NOT NULL)")
+
+
+@compiles(key_lock, "sqlite")
+def _key_lock_sqlite(element: key_lock, compiler: Any, **kw: Any) -> str:
     return "1"
 
 

@@ -19,15 +19,17 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    or_,
     select,
     true,
     update,
 )
 
 from jobq.store import attempt_log
-from jobq.store.base import StoreBase, translate
+from jobq.store.base import translate
 from jobq.store.dialect import ClaimRunner, CompletionRunner, Dialect
 from jobq.store.exprs import NO_LEASE, db_now, held, in_state, new_token, seconds_from_now
+from jobq.store.limits import Limits
 from jobq.store.maintenance import insert_worker
 from jobq.store.rows import built, job_of
 from jobq.store.tables import jobs, queues, workers
@@ -44,7 +46,7 @@ PENDING, RUNNING, FAILED = JobState.PENDING.value, JobState.RUNNING.value, JobSt
 CANCELLED = JobState.CANCELLED.value
 
 
-class Leases(StoreBase):
+class Leases(Limits):
     @translate
     def claim(
         self, worker_id: str, queues: Sequence[str], limit: int, lease_seconds: float
@@ -55,9 +57,17 @@ class Leases(StoreBase):
         when it ends: ``attempt_log``.)"""
         if limit <= 0:
             return []
-        params = {"c_queues": list(queues), "c_limit": limit, "c_worker": worker_id,
-                  "c_lease": float(lease_seconds)}
-        rows = self._claim(self, params)
+        # Queues with limits, and keyed jobs, take the limited claim (``store/limits.py``);
+        # the rest this one statement, which leaves them out whatever this view says.
+        limited, keyed = self.limited_view(queues)
+        rows: list[Any] = []
+        if limited or keyed:
+            rows = self.claim_limited(worker_id, queues, limited, keyed, limit, lease_seconds)
+            queues = [q for q in queues if q not in limited]
+        if queues and len(rows) < limit:
+            params = {"c_queues": list(queues), "c_limit": limit - len(rows),
+                      "c_worker": worker_id, "c_lease": float(lease_seconds)}
+            rows += self._claim(self, params)
         claimed = [
             built(ClaimedJob, job=job_of(r), lease=built(
                 Lease, job_id=r.id, token=r.lease_token, attempt=r.attempts,
@@ -82,11 +92,17 @@ class Leases(StoreBase):
         # paused queues' names, which PostgreSQL runs once per claim as a hashed subplan (one
         # look at a table of a few rows, nothing while no queue is paused) and checks per
         # candidate as a filter, so the claim index's order and the LIMIT stay as they were.
-        paused = select(queues.c.name).where(queues.c.paused == true())
+        # Nor are, here, the jobs of a queue with a limit, or with a concurrency key: only
+        # the limited claim takes those (``store/limits.py``), which is what keeps a limit
+        # however stale a worker's view of limits is.
+        held_back = select(queues.c.name).where(or_(
+            queues.c.paused == true(), queues.c.concurrency.is_not(None),
+            queues.c.rate.is_not(None)))
         due = and_(in_state(PENDING),
                    jobs.c.queue.in_(bindparam("c_queues", expanding=True)),
                    jobs.c.run_at <= db_now(),
-                   jobs.c.queue.not_in(paused))
+                   jobs.c.queue.not_in(held_back),
+                   jobs.c.concurrency_key.is_(None))
         candidates = (
             select(jobs.c.id).where(due)
             .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)

@@ -153,11 +153,13 @@ class Postgres:
             pg.insert(jobs)
             .from_select(
                 ["task_type", "payload", "queue", "priority", "max_attempts", "idempotency_key",
-                 "state", "attempts", "run_at", "created_at"],
+                 "concurrency_key", "concurrency_limit", "state", "attempts", "run_at",
+                 "created_at"],
                 select(
                     v["task_type"].astext, v["payload"], v["queue"].astext,
                     cast(v["priority"].astext, Integer), cast(v["max_attempts"].astext, Integer),
-                    v["idempotency_key"].astext, literal(PENDING), literal(0),
+                    v["idempotency_key"].astext, v["concurrency_key"].astext,
+                    cast(v["concurrency_limit"].astext, Integer), literal(PENDING), literal(0),
                     func.coalesce(
                         cast(v["at"].astext, pg.TIMESTAMP(timezone=True)),
                         seconds_from_now(cast(v["delay"].astext, Float)),

@@ -1,4 +1,5 @@
-"""Queues: pause and resume (an operator's), and the list of every queue with its counts.
+"""Queues: pause and resume (an operator's), and the list of every queue with its counts and
+limits (which ``store/limits.py`` sets and enforces).
 
 A queue exists as soon as it has a job; ``jobq_queues`` holds a row only for a queue that was
 paused or resumed. The claim (``leases.py``) leaves the jobs of a paused queue alone; jobs
@@ -40,7 +41,7 @@ class Queues(StoreBase):
                 set_={"paused": paused, "paused_at": keep_or_now}))
             if not paused:
                 self.dialect.wake(conn, [name])
-            return _listed(conn, [name])[0]
+            return queue_info(conn, name)
 
     @translate
     def list_queues(self, *, only: Collection[str] | None = None) -> list[QueueInfo]:
@@ -48,6 +49,11 @@ class Queues(StoreBase):
         those queues (each listed, with zeros when it has neither)."""
         with self.read() as conn:
             return _listed(conn, None if only is None else sorted(only))
+
+
+def queue_info(conn: Connection, name: str) -> QueueInfo:
+    """One queue as ``list_queues`` shows it."""
+    return _listed(conn, [name])[0]
 
 
 def _listed(conn: Connection, names: list[str] | None) -> list[QueueInfo]:
@@ -69,6 +75,9 @@ def _listed(conn: Connection, names: list[str] | None) -> list[QueueInfo]:
             paused=bool(flags[name].paused) if name in flags else False,
             paused_at=flags[name].paused_at if name in flags else None,
             jobs={s.value: by_state.get(s.value, 0) for s in JobState},
+            concurrency=flags[name].concurrency if name in flags else None,
+            rate=flags[name].rate if name in flags else None,
+            burst=flags[name].burst if name in flags else None,
         )
         for name, by_state in sorted(per.items())
     ]

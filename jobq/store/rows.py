@@ -67,6 +67,7 @@ def created_job(new: NewJob, row: Any) -> Job:
         worker_id=None, lease_token=None, lease_expires_at=None, result=None, last_error=None,
         created_at=row.created_at, started_at=None, finished_at=None, attempt_log=(),
         unique_key=new.unique_key, unique_for=new.unique_for,
+        concurrency_key=new.concurrency_key, concurrency_limit=new.concurrency_limit,
     )
 
 

@@ -151,6 +151,10 @@ jobs = Table(
     # Unique jobs (migration 0007): see the two indexes below and ``store/enqueue.py``.
     Column("unique_key", String(255), nullable=True),
     Column("unique_for", Float, nullable=True),
+    # A serial lane (migration 0009): at most ``concurrency_limit`` jobs with this key run at
+    # once, across the cluster (``store/limits.py``).
+    Column("concurrency_key", String(255), nullable=True),
+    Column("concurrency_limit", Integer, nullable=True),
     CheckConstraint(f"state IN ({_states})", name="state"),
     CheckConstraint("attempts >= 0 AND attempts <= max_attempts", name="attempts"),
     # An idempotency key is unique within its queue (migration 0005): a producer of one
@@ -208,6 +212,17 @@ Index(
     postgresql_where=text("unique_key IS NOT NULL"),
     sqlite_where=text("unique_key IS NOT NULL"),
 )
+
+# What a limited claim counts (migration 0009): running jobs by queue and by key, and whether
+# keyed jobs wait in a queue.
+Index("ix_jobq_jobs_running_queue", jobs.c.queue,
+      postgresql_where=text("state = 'running'"), sqlite_where=text("state = 'running'"))
+_RUNNING_KEYED = "state = 'running' AND concurrency_key IS NOT NULL"
+Index("ix_jobq_jobs_running_key", jobs.c.concurrency_key,
+      postgresql_where=text(_RUNNING_KEYED), sqlite_where=text(_RUNNING_KEYED))
+_PENDING_KEYED = "state = 'pending' AND concurrency_key IS NOT NULL"
+Index("ix_jobq_jobs_pending_keyed", jobs.c.queue,
+      postgresql_where=text(_PENDING_KEYED), sqlite_where=text(_PENDING_KEYED))
 
 attempts = Table(
     "jobq_attempts",
@@ -297,4 +312,12 @@ queues = Table(
     Column("name", String(128), primary_key=True),
     Column("paused", Boolean, nullable=False, server_default=text("false")),
     Column("paused_at", Timestamp, nullable=True),
+    # Limits across the cluster (migration 0009, ``store/limits.py``): most running at once,
+    # and starts per second as a token bucket (``burst`` tokens at most; ``tokens`` of them
+    # were left at ``tokens_at``).
+    Column("concurrency", Integer, nullable=True),
+    Column("rate", Float, nullable=True),
+    Column("burst", Integer, nullable=True),
+    Column("tokens", Float, nullable=True),
+    Column("tokens_at", Timestamp, nullable=True),
 )
