@@ -45,7 +45,7 @@ T = TypeVar("T")
 #: The enqueue options a request may carry (``JobService.enqueue``'s, less ``allowed_queues``,
 #: which the server takes from the API key).
 _OPTIONS = ("queue", "priority", "max_attempts", "run_at", "delay_seconds", "idempotency_key",
-            "unique_key", "unique_for")
+            "unique_key", "unique_for", "concurrency_key", "concurrency_limit")
 
 #: How ``wait`` polls: the first pause, and the longest, in seconds.
 _WAIT_FIRST, _WAIT_MOST = 0.05, 1.0
@@ -263,6 +263,8 @@ def job_of(body: Mapping[str, Any]) -> Job:
         created_at=_time(body["created_at"]),  # type: ignore[arg-type]
         started_at=_time(body["started_at"]), finished_at=_time(body["finished_at"]),
         unique_key=body.get("unique_key"), unique_for=body.get("unique_for"),
+        concurrency_key=body.get("concurrency_key"),
+        concurrency_limit=body.get("concurrency_limit"),
         attempt_log=attempts,
     )
 

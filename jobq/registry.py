@@ -19,6 +19,7 @@ from jobq.errors import ConfigError, InvalidJob, UnknownTask
 from jobq.retry import DEFAULT_MAX_SNOOZES, RetryPolicy, retry_policy
 from jobq.schedules import InvalidSchedule, Schedule, make_schedule
 from jobq.settings import NAME_PATTERN
+from jobq.types import CONCURRENCY_RANGE
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class Task:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     #: The pydantic model of its payload (``def send(payload: Email)``; jobq.payloads).
     payload_model: type[BaseModel] | None = None
+    #: A serial lane per key: the key of a job from its payload (a function of it, or a
+    #: fixed name), and how many with one key may run at once (store/limits.py).
+    concurrency_key: Callable[[Any], Any] | str | None = None
+    concurrency_limit: int | None = None
 
 
 def _wants_context(name: str, fn: Callable[..., Any]) -> bool:
@@ -81,12 +86,23 @@ class TaskRegistry:
         retry_on: Any = None, discard_on: Any = None, backoff_base: float | None = None,
         backoff_cap: float | None = None, backoff: Callable[[int], float] | None = None,
         max_snoozes: int = DEFAULT_MAX_SNOOZES,
+        concurrency_key: Callable[[Any], Any] | str | None = None,
+        concurrency_limit: int | None = None,
     ) -> Task:
         # fullmatch: with re.match, "$" also matches before a trailing newline ("name\n").
         if not re.fullmatch(NAME_PATTERN, name):
             raise ValueError(f"task name {name!r} must match {NAME_PATTERN}")
         if max_attempts is not None and max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        if concurrency_limit is not None and (
+                isinstance(concurrency_limit, bool) or not isinstance(concurrency_limit, int)
+                or not 1 <= concurrency_limit <= CONCURRENCY_RANGE[1]):
+            raise ValueError(f"task {name!r}: concurrency_limit must be an integer from 1 to "
+                             f"{CONCURRENCY_RANGE[1]}")
+        if concurrency_key is not None and not (callable(concurrency_key)
+                                                or isinstance(concurrency_key, str)):
+            raise ValueError(f"task {name!r}: concurrency_key must be a function of the "
+                             "payload or a string")
         try:
             policy = retry_policy(retry_on, discard_on, backoff_base, backoff_cap, backoff,
                              max_snoozes)
@@ -103,6 +119,8 @@ class TaskRegistry:
             wants_context=_wants_context(name, fn),
             policy=policy,
             payload_model=payloads.payload_model(fn),
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
         )
         self._tasks[name] = task
         return task
@@ -166,6 +184,9 @@ def task(
     backoff_cap: float | None = None,
     backoff: Callable[[int], float] | None = None,
     max_snoozes: int = DEFAULT_MAX_SNOOZES,
+    # A serial lane per key across the cluster (store/limits.py).
+    concurrency_key: Callable[[Any], Any] | str | None = None,
+    concurrency_limit: int | None = None,
     # A periodic job of this task (more, or with more options: ``jobq.schedule``).
     schedule: str | timedelta | None = None,
     every: timedelta | float | None = None,
@@ -184,6 +205,11 @@ def task(
     ``backoff(attempt) -> seconds`` replaces the formula. ``max_snoozes``: how many
     ``jobq.Snooze`` in a row a job may take (the next one fails it).
 
+    ``concurrency_key=lambda p: p["account"]`` (or a fixed string) with
+    ``concurrency_limit=1`` (the default with a key): at most that many of its jobs with one
+    key run at once across the cluster, a serial lane per account; a job's own
+    ``concurrency_key`` at enqueue replaces the task's.
+
     ``schedule="*/5 * * * *"`` (cron, in ``schedule_tz``, default UTC) or
     ``schedule=timedelta(seconds=30)`` / ``every=30`` (an interval) also enqueues a job of
     it at every tick, with ``schedule_payload``, under the schedule name ``name``
@@ -195,7 +221,8 @@ def task(
         default_registry.register(
             name, fn, max_attempts=max_attempts, retry_on=retry_on, discard_on=discard_on,
             backoff_base=backoff_base, backoff_cap=backoff_cap, backoff=backoff,
-            max_snoozes=max_snoozes,
+            max_snoozes=max_snoozes, concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
         )
         if periodic is not None:
             default_registry.add_schedule(periodic)

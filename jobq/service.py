@@ -4,6 +4,7 @@ retry, stats, schedules. It applies defaults and checks task names; the store do
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -25,6 +26,7 @@ from jobq.store import SqlStore, open_store
 from jobq.store.borrowed import their_connection
 from jobq.store.operator import BulkResult, JobFilter
 from jobq.types import (
+    CONCURRENCY_RANGE,
     NAME_PATTERN,
     EnqueueResult,
     Job,
@@ -36,6 +38,29 @@ from jobq.types import (
 )
 
 _QUEUE_NAME = re.compile(NAME_PATTERN)
+
+#: Most job starts per second a queue's rate limit may allow.
+MAX_RATE = 100_000.0
+
+
+def _whole(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidJob(name, f"must be an integer from {low} to {high}")
+
+
+def _task_key(key: Any, payload: Any) -> str:
+    """A job's concurrency key from its task's (a function of the payload, or a string)."""
+    if isinstance(key, str):
+        return key
+    try:
+        value = key(payload)
+    except Exception as exc:  # noqa: BLE001 - the payload lacks what the key reads
+        raise InvalidJob("concurrency_key", f"the task's concurrency_key cannot read this "
+                         f"payload: {type(exc).__name__}: {exc}") from None
+    if value is None:
+        raise InvalidJob("concurrency_key", "the task's concurrency_key gave None")
+    return str(value)
+
 
 #: Jobs one bulk cancel or retry takes by default, and at most.
 BULK_DEFAULT, BULK_MOST = 1000, 10000
@@ -86,6 +111,8 @@ class JobService:
         idempotency_key: str | None = None,
         unique_key: str | None = None,
         unique_for: float | None = None,
+        concurrency_key: str | None = None,
+        concurrency_limit: int | None = None,
         allowed_queues: Collection[str] | None = None,
         connection: Any = None,
     ) -> EnqueueResult:
@@ -101,6 +128,9 @@ class JobService:
         with ``unique_for`` seconds, finished less than that long ago), return that job
         (``created`` False) instead of making another, whatever its request.
 
+        ``concurrency_key``: at most ``concurrency_limit`` (default: the task's, else 1)
+        jobs with that key run at once across the cluster; default: the task's key.
+
         ``connection``: the application's own connection to jobq's database (a SQLAlchemy
         Connection or Session, a psycopg or sqlite3 connection, ``jobq.store.borrowed``):
         the job is written in its open transaction and exists once that commits, never if it
@@ -109,7 +139,8 @@ class JobService:
         new = self._new_job(
             task_type, payload, queue=queue, priority=priority, max_attempts=max_attempts,
             run_at=run_at, delay_seconds=delay_seconds, idempotency_key=idempotency_key,
-            unique_key=unique_key, unique_for=unique_for, allowed_queues=allowed_queues,
+            unique_key=unique_key, unique_for=unique_for, concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit, allowed_queues=allowed_queues,
         )
         if connection is not None:
             try:
@@ -198,6 +229,8 @@ class JobService:
         idempotency_key: str | None = None,
         unique_key: str | None = None,
         unique_for: float | None = None,
+        concurrency_key: str | None = None,
+        concurrency_limit: int | None = None,
         allowed_queues: Collection[str] | None = None,
     ) -> NewJob:
         if allowed_queues is not None and queue not in allowed_queues:
@@ -205,9 +238,14 @@ class JobService:
         task = self.registry.get(task_type)
         if max_attempts is None:
             max_attempts = task.max_attempts or self.settings.max_attempts
+        payload = payloads.checked(task.payload_model, payload)
+        if concurrency_key is None and task.concurrency_key is not None:
+            concurrency_key = _task_key(task.concurrency_key, payload)
+        if concurrency_key is not None and concurrency_limit is None:
+            concurrency_limit = task.concurrency_limit or 1
         return NewJob(
             task_type=task_type,
-            payload=payloads.checked(task.payload_model, payload),
+            payload=payload,
             queue=queue,
             priority=priority,
             max_attempts=max_attempts,
@@ -216,6 +254,8 @@ class JobService:
             idempotency_key=idempotency_key,
             unique_key=unique_key,
             unique_for=unique_for,
+            concurrency_key=concurrency_key,
+            concurrency_limit=concurrency_limit,
         )
 
     # ``allowed_queues`` (where taken): the queues the caller may see, from its API key; None
@@ -304,6 +344,26 @@ class JobService:
         return JobFilter(states, queue, task_type,
                          None if allowed_queues is None else tuple(sorted(allowed_queues)))
 
+    def set_queue_limits(self, name: str, *, concurrency: int | None = None,
+                         rate: float | None = None, burst: int | None = None,
+                         allowed_queues: Collection[str] | None = None) -> QueueInfo:
+        """A queue's limits across the cluster (None clears one): at most ``concurrency`` of
+        its jobs running at once, at most ``rate`` starts per second in bursts of at most
+        ``burst`` (default: the rate, at least 1). InvalidJob names a bad value."""
+        name = self._queue(name, allowed_queues)
+        if concurrency is not None:
+            _whole("concurrency", concurrency, *CONCURRENCY_RANGE)
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
+                                 or not (math.isfinite(rate) and 0 < rate <= MAX_RATE)):
+            raise InvalidJob("rate", f"must be a number above 0, at most {MAX_RATE}")
+        if burst is not None:
+            if rate is None:
+                raise InvalidJob("burst", "needs a rate")
+            _whole("burst", burst, *CONCURRENCY_RANGE)
+        return self.store.set_queue_limits(name, concurrency=concurrency,
+                                           rate=None if rate is None else float(rate),
+                                           burst=burst)
+
     def _visible(self, job_id: int, queues: Collection[str]) -> None:
         self.store.get(job_id, with_attempts=False, queues=queues)  # JobNotFound if not
 
@@ -331,6 +391,10 @@ class JobService:
         """Every queue (with jobs, or ever paused), its jobs by state and whether it is
         paused; with ``allowed_queues``, those queues."""
         return self.store.list_queues(only=allowed_queues)
+
+    def queue(self, name: str, *, allowed_queues: Collection[str] | None = None) -> QueueInfo:
+        """One queue (zeros and no limits for a queue never used)."""
+        return self.store.list_queues(only=[self._queue(name, allowed_queues)])[0]
 
     @staticmethod
     def _queue(name: str, allowed_queues: Collection[str] | None) -> str:

@@ -94,8 +94,20 @@ class _JobSpec(BaseModel):
         description="Seconds after the job finished during which its unique_key stays "
         "taken. Needs unique_key.",
     )
+    concurrency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="At most concurrency_limit jobs with this key run at once across the "
+        "cluster (a serial lane, e.g. per account); default: the task's key, if it has one.",
+    )
+    concurrency_limit: int | None = Field(
+        None, ge=1, le=100_000,
+        description="How many jobs with its concurrency_key may run at once; default: the "
+        "task's, else 1.",
+    )
 
-    @field_validator("priority", "max_attempts", mode="before")
+    @field_validator("priority", "max_attempts", "concurrency_limit", mode="before")
     @classmethod
     def _not_bool(cls, value: Any) -> Any:
         if isinstance(value, bool):
@@ -112,7 +124,7 @@ class _JobSpec(BaseModel):
         except InvalidJob as exc:
             raise ValueError(exc.problem) from None
 
-    @field_validator("idempotency_key", "unique_key")
+    @field_validator("idempotency_key", "unique_key", "concurrency_key")
     @classmethod
     def _key_text(cls, value: str | None) -> str | None:
         why = text_problem(value) if value is not None else None
@@ -168,7 +180,8 @@ class EnqueueRequest(_JobSpec):
     # as Unix seconds, so a client sending milliseconds would get a date in the year 55000).
     # The query form, where every value is a string, converts as usual.
 
-    @field_validator("priority", "max_attempts", "delay_seconds", "unique_for", mode="before")
+    @field_validator("priority", "max_attempts", "delay_seconds", "unique_for",
+                     "concurrency_limit", mode="before")
     @classmethod
     def _json_number(cls, value: Any) -> Any:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -268,6 +281,9 @@ class JobOut(_Out):
     idempotency_key: str | None
     unique_key: str | None
     unique_for: float | None = Field(description="Seconds its unique_key stays taken after it finished.")
+    concurrency_key: str | None = Field(None, description="Its serial lane: at most "
+                                        "concurrency_limit jobs with this key run at once.")
+    concurrency_limit: int | None = None
     worker_id: str | None = Field(description="The worker holding the job while it runs; once done, the worker that ran it.")
     lease_expires_at: datetime | None
     result: Any = Field(description="What the task returned, once done.")
@@ -385,6 +401,39 @@ class QueueOut(_Out):
                          "jobs finish.")
     paused_at: datetime | None = Field(description="When it was paused; null when not paused.")
     jobs: StateCounts = Field(description="Its jobs by state.")
+    concurrency: int | None = Field(None, description="At most this many of its jobs run at "
+                                    "once across the cluster; null: no limit.")
+    rate: float | None = Field(None, description="At most this many of its jobs start per "
+                               "second across the cluster; null: no limit.")
+    burst: int | None = Field(None, description="Starts allowed at once under the rate (the "
+                              "token bucket's size).")
+
+
+class QueueLimits(BaseModel):
+    """A queue's limits across the cluster. Each field given replaces that limit (null
+    lifts it); each left out stays as it is. A new rate without a burst gets the default
+    burst (the rate, at least 1)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"concurrency": 5}, {"rate": 10, "burst": 20}, {"concurrency": None}]})
+
+    concurrency: int | None = Field(None, ge=1, le=100_000)
+    rate: float | None = Field(None, gt=0, le=100_000)
+    burst: int | None = Field(None, ge=1, le=100_000)
+
+    @field_validator("concurrency", "burst", mode="before")
+    @classmethod
+    def _json_integer(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError("must be a JSON integer")
+        return value
+
+    @field_validator("rate", mode="before")
+    @classmethod
+    def _json_number(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError("must be a JSON number")
+        return value
 
 
 class QueueList(BaseModel):

@@ -31,6 +31,7 @@ from jobq.api.models import (
     JobDetail,
     JobOut,
     JobPage,
+    QueueLimits,
     QueueList,
     QueueOut,
     ScheduleList,
@@ -189,6 +190,8 @@ def _spec(spec: EnqueueRequest | EnqueueQuery) -> dict[str, Any]:
         "idempotency_key": spec.idempotency_key,
         "unique_key": spec.unique_key,
         "unique_for": spec.unique_for,
+        "concurrency_key": spec.concurrency_key,
+        "concurrency_limit": spec.concurrency_limit,
     }
 
 
@@ -358,7 +361,8 @@ def stats(service: Service, caller: Reader) -> StatsOut:
 
 def _queue_out(q: Any) -> QueueOut:
     return QueueOut(name=q.name, paused=q.paused, paused_at=q.paused_at,
-                    jobs=StateCounts(**q.jobs))
+                    jobs=StateCounts(**q.jobs), concurrency=q.concurrency, rate=q.rate,
+                    burst=q.burst)
 
 
 @queues.get(
@@ -373,6 +377,31 @@ def list_queues(
 ) -> QueueList:
     return QueueList(queues=[_queue_out(q) for q in service.list_queues(
         allowed_queues=caller.allowed_queues)])
+
+
+@queues.patch(
+    "/{name}",
+    summary="Set a queue's limits",
+    description="Limits across the cluster, enforced by the claim: `concurrency` (most of its "
+    "jobs running at once), `rate` (most starts per second) and `burst`. A field given "
+    "replaces that limit, null lifts it, one left out stays. Admin scope.",
+    responses=problem_responses(400, 401, 403, 404, 413, 422, 429, 503),
+)
+def set_queue_limits(service: Service, caller: Admin, name: QueueName,
+                     body: QueueLimits) -> QueueOut:
+    current = service.queue(name, allowed_queues=caller.allowed_queues)
+    given = body.model_fields_set
+    concurrency = body.concurrency if "concurrency" in given else current.concurrency
+    rate = body.rate if "rate" in given else current.rate
+    # A burst given is checked (it needs a rate); a new rate gets its default burst.
+    burst = body.burst if "burst" in given else (
+        None if "rate" in given or rate is None else current.burst)
+    try:
+        q = service.set_queue_limits(name, concurrency=concurrency, rate=rate, burst=burst,
+                                     allowed_queues=caller.allowed_queues)
+    except InvalidJob as exc:
+        raise _invalid(exc, "body") from None
+    return _queue_out(q)
 
 
 @queues.post(

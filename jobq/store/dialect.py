@@ -59,9 +59,10 @@ class Dialect(Protocol):
         """``col IN items``, as a statement text that does not grow with the items where that
         matters (prepared statements)."""
 
-    def enqueue_statement(self) -> Any:
+    def enqueue_statement(self, lanes: bool = False) -> Any:
         """The INSERT of new jobs, given as ``enqueue_params``; a taken idempotency key is
-        skipped. Returns (id, idempotency_key, run_at, created_at, queue) per inserted row."""
+        skipped. Returns (id, idempotency_key, run_at, created_at, queue) per inserted row.
+        ``lanes``: it writes the concurrency key's columns too."""
 
     def enqueue_params(self, rows: list[dict[str, Any]], engine: Engine) -> Any:
         """The parameters of ``enqueue_statement`` for the jobs' values (``enqueue._values``)."""

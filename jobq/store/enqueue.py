@@ -40,6 +40,11 @@ class Enqueue(StoreBase):
         # Built once, so it is compiled once (``Dialect.enqueue_statement``).
         return self.dialect.enqueue_statement()
 
+    @functools.cached_property
+    def _enqueue_lanes_stmt(self) -> Any:
+        # The same, with the concurrency key's columns: for batches that have keys.
+        return self.dialect.enqueue_statement(lanes=True)
+
     def enqueue(self, new: NewJob) -> EnqueueResult:
         """Insert one job; with an idempotency key, return the existing job for a repeat."""
         try:
@@ -102,8 +107,11 @@ class Enqueue(StoreBase):
         rows = []
         for start in range(0, len(fresh), self.ENQUEUE_CHUNK):
             chunk = [news[i] for i in fresh[start:start + self.ENQUEUE_CHUNK]]
-            params = self.dialect.enqueue_params([_values(n) for n in chunk], self.engine)
-            rows += conn.execute(self._enqueue_stmt, params).all()
+            lanes = any(n.concurrency_key is not None for n in chunk)
+            params = self.dialect.enqueue_params([_values(n, lanes) for n in chunk],
+                                                 self.engine)
+            stmt = self._enqueue_lanes_stmt if lanes else self._enqueue_stmt
+            rows += conn.execute(stmt, params).all()
         if made is not None:
             made.extend(r.id for r in rows)
         # RETURNING promises no order. Ids are drawn in the order the rows are inserted,
@@ -195,7 +203,8 @@ class Enqueue(StoreBase):
                     results[i] = EnqueueResult(found, created=False)
                     break
                 row = conn.execute(self._unique_insert, {
-                    **_values(new), "unique_key": new.unique_key,
+                    **_values(new, new.concurrency_key is not None),
+                    "unique_key": new.unique_key,
                     "unique_for": None if new.unique_for is None else float(new.unique_for),
                 }).first()
                 if row is not None:
@@ -274,20 +283,24 @@ def _fresh(news: Sequence[NewJob]) -> tuple[dict[Scoped, int], list[int]]:
     return first, fresh
 
 
-def _values(new: NewJob) -> dict[str, Any]:
-    """One job's fields, as ``Dialect.enqueue_statement`` takes them."""
-    return {
+def _values(new: NewJob, lanes: bool = False) -> dict[str, Any]:
+    """One job's fields, as ``Dialect.enqueue_statement`` takes them; the concurrency key's
+    with ``lanes`` (a batch in which a job has one: every row of a multi-row INSERT names
+    the same columns, and a batch without keys names none of them)."""
+    values = {
         "task_type": new.task_type,
         "payload": new.payload,
         "queue": new.queue,
         "priority": new.priority,
         "max_attempts": new.max_attempts,
         "idempotency_key": new.idempotency_key,
-        "concurrency_key": new.concurrency_key,
-        "concurrency_limit": new.concurrency_limit,
         "at": new.run_at,
         "delay": float(new.delay_seconds or 0),
     }
+    if lanes:
+        values["concurrency_key"] = new.concurrency_key
+        values["concurrency_limit"] = new.concurrency_limit
+    return values
 
 
 def _same_request(job: Job, new: NewJob) -> bool:

@@ -118,9 +118,9 @@ class Sqlite:
     def any_of(self, col: Any, items: Iterable[Any], item_type: Any) -> Any:
         return col.in_(list(items))  # re-parsing an IN of any length costs nothing here
 
-    def enqueue_statement(self) -> Any:
+    def enqueue_statement(self, lanes: bool = False) -> Any:
         """A list of parameter sets, which SQLAlchemy sends as multi-row VALUES
-        ("insertmanyvalues")."""
+        ("insertmanyvalues"); their keys name the columns, so ``lanes`` changes nothing."""
         # The given time, else the database's now plus the delay (0: due now).
         run_at = func.coalesce(
             bindparam("at", type_=jobs.c.run_at.type),

@@ -40,7 +40,8 @@ BUILTIN_TASKS = {"test", "echo", "sleep", "fail", "noop"}
 JOB_KEYS = {
     "id", "task_type", "payload", "queue", "priority", "state", "attempts", "max_attempts",
     "run_at", "idempotency_key", "worker_id", "lease_expires_at", "result", "last_error",
-    "created_at", "started_at", "finished_at", "unique_key", "unique_for",
+    "created_at", "started_at", "finished_at", "unique_key", "unique_for", "concurrency_key",
+    "concurrency_limit",
 }
 STATES = {"pending", "running", "done", "failed", "cancelled"}
 
@@ -943,6 +944,7 @@ def test_docs_and_openapi(client: httpx.Client) -> None:
         ("/schedules", "get"), ("/queues", "get"), ("/queues/{name}/pause", "post"),
         ("/queues/{name}/resume", "post"), ("/tasks", "get"), ("/tasks/{task_type}/jobs", "post"),
         ("/jobs/cancel", "post"), ("/jobs/retry", "post"), ("/metrics", "get"),
+        ("/queues/{name}", "patch"),
     }
     # The typed path of each task with a payload model (tests/api/test_typed_payloads.py)
     # is not here: the server of this test knows only the built-in tasks.

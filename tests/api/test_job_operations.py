@@ -171,3 +171,43 @@ def test_cli_jobs_list_show_cancel_retry(settings: Settings, service: JobService
     assert out.returncode == 1 and "at least one filter" in out.stderr
     out = jobq_cli(settings, "jobs", "retry", str(ids[0]), "--queue", "emails")
     assert out.returncode == 2 and "not both" in out.stderr
+
+
+# -- limits over REST and in the CLI ----------------------------------------------------------
+
+
+def test_rest_sets_and_shows_queue_limits(client: httpx.Client, store: SqlStore) -> None:
+    resp = client.patch("/queues/emails", json={"concurrency": 5})
+    assert resp.status_code == 200, resp.text
+    assert {k: resp.json()[k] for k in ("concurrency", "rate", "burst")} == {
+        "concurrency": 5, "rate": None, "burst": None}
+    body = client.patch("/queues/emails", json={"rate": 2.5}).json()
+    assert (body["concurrency"], body["rate"], body["burst"]) == (5, 2.5, 3)  # kept, defaulted
+    body = client.patch("/queues/emails", json={"burst": 10}).json()
+    assert (body["rate"], body["burst"]) == (2.5, 10)
+    body = client.patch("/queues/emails", json={"concurrency": None, "rate": None}).json()
+    assert (body["concurrency"], body["rate"], body["burst"]) == (None, None, None)
+    client.patch("/queues/emails", json={"concurrency": 1})
+    listed = {q["name"]: q for q in client.get("/queues").json()["queues"]}
+    assert listed["emails"]["concurrency"] == 1
+    for bad, field in (({"concurrency": 0}, "concurrency"), ({"rate": 0}, "rate"),
+                       ({"concurrency": "5"}, "concurrency"), ({"burst": 3}, "burst"),
+                       ({"colour": 1}, "colour")):
+        p = problem(client.patch("/queues/emails", json=bad), 422)
+        assert p["errors"][0]["loc"][-1] == field, (bad, p)
+    assert store.list_queues(only=["emails"])[0].concurrency == 1  # refusals changed nothing
+    made = client.post("/jobs", json={"task_type": "echo", "concurrency_key": "acct-1",
+                                      "concurrency_limit": 2})
+    assert made.status_code == 201, made.text
+    assert (made.json()["concurrency_key"], made.json()["concurrency_limit"]) == ("acct-1", 2)
+    problem(client.post("/jobs", json={"task_type": "echo", "concurrency_limit": 2}), 422)
+
+
+def test_cli_queues_set(settings: Settings, store: SqlStore) -> None:
+    out = jobq_cli(settings, "queues", "set", "emails", "--concurrency", "3", "--rate", "1.5")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["burst"] == 2
+    out = jobq_cli(settings, "queues", "set", "emails", "--no-rate")
+    assert (json.loads(out.stdout)["concurrency"], json.loads(out.stdout)["rate"]) == (3, None)
+    out = jobq_cli(settings, "queues", "list")
+    assert out.returncode == 0 and "≤3 running" in out.stdout
