@@ -1,4 +1,4 @@
-"""The reduced chaos run (campaigns 1-4, 7, 12 and 16) as part of the suite.
+"""The reduced chaos run (campaigns 1-4, 7, 12, 16 and 17) as part of the suite.
 
 It restarts and crashes the PostgreSQL server it is pointed at (campaign 3), so it runs only
 when asked: JOBQ_CHAOS=1 (as .ci/run sets it). The full run is `jobq chaos`.

@@ -9,6 +9,7 @@ from __future__ import annotations
 from jobq.chaos.campaigns.database import database_faults, pool_exhaustion
 from jobq.chaos.campaigns.failover import failover
 from jobq.chaos.campaigns.jobs import baseline, heartbeats, poison_pills, retry_storm, skewed_clocks
+from jobq.chaos.campaigns.limits import limits_under_kills
 from jobq.chaos.campaigns.network import partition_in_transaction, partitions
 from jobq.chaos.campaigns.schedules import periodic_kills
 from jobq.chaos.campaigns.processes import (
@@ -39,13 +40,15 @@ CAMPAIGNS: dict[str, Campaign] = {
     "14": partition_in_transaction,
     "15": failover,
     "16": periodic_kills,
+    "17": limits_under_kills,
 }
 #: The reduced run that CI does.
-REDUCED = ["1", "2", "3", "4", "7", "12", "16"]
+REDUCED = ["1", "2", "3", "4", "7", "12", "16", "17"]
 
 __all__ = [
     "CAMPAIGNS", "REDUCED", "Campaign", "Check", "Ctx",
     "baseline", "worker_kills", "database_faults", "api_kills", "zombies", "sigterm_drain",
     "poison_pills", "retry_storm", "heartbeats", "skewed_clocks", "pool_exhaustion",
     "sqlite_kills", "partitions", "partition_in_transaction", "failover", "periodic_kills",
+    "limits_under_kills",
 ]
