@@ -213,10 +213,9 @@ Index(
     sqlite_where=text("unique_key IS NOT NULL"),
 )
 
-# What a limited claim counts (migration 0009): running jobs by queue and by key, and whether
-# keyed jobs wait in a queue.
-Index("ix_jobq_jobs_running_queue", jobs.c.queue,
-      postgresql_where=text("state = 'running'"), sqlite_where=text("state = 'running'"))
+# What a limited claim counts (migration 0009): running jobs by key, and whether keyed jobs
+# wait in a queue. Unkeyed jobs enter neither, so the ordinary claim writes no more index
+# entries than before; running jobs per queue are few and found through (state, id).
 _RUNNING_KEYED = "state = 'running' AND concurrency_key IS NOT NULL"
 Index("ix_jobq_jobs_running_key", jobs.c.concurrency_key,
       postgresql_where=text(_RUNNING_KEYED), sqlite_where=text(_RUNNING_KEYED))

@@ -3,8 +3,11 @@
 On ``jobq_queues``: ``concurrency`` (most running at once), ``rate`` and ``burst`` (job
 starts per second, a token bucket whose state is ``tokens`` at ``tokens_at``). On
 ``jobq_jobs``: ``concurrency_key`` and ``concurrency_limit`` (most running at once with that
-key). Two partial indexes over running jobs (by queue; by key) keep the counts a limited
-claim takes cheap, and one over pending keyed jobs lets a worker find out whether any wait.
+key). A partial index over running keyed jobs keeps a limited claim's count per key cheap,
+and one over pending keyed jobs lets a worker find out whether any wait; neither holds an
+unkeyed job, so they cost the ordinary claim nothing. (Running jobs per queue are counted
+through the (state, id) index: the running set is small, a few per worker slot, and an index
+over it would be one more write in every claim.)
 Only nullable columns and indexes: SQLite adds them in place (ALTER TABLE ADD COLUMN).
 
 Revision ID: 0009
@@ -24,7 +27,6 @@ down_revision = "0007"
 branch_labels = None
 depends_on = None
 
-RUNNING = "state = 'running'"
 RUNNING_KEYED = "state = 'running' AND concurrency_key IS NOT NULL"
 PENDING_KEYED = "state = 'pending' AND concurrency_key IS NOT NULL"
 
@@ -37,8 +39,6 @@ def upgrade() -> None:
     op.add_column("jobq_queues", sa.Column("tokens_at", Timestamp, nullable=True))
     op.add_column("jobq_jobs", sa.Column("concurrency_key", sa.String(255), nullable=True))
     op.add_column("jobq_jobs", sa.Column("concurrency_limit", sa.Integer(), nullable=True))
-    op.create_index("ix_jobq_jobs_running_queue", "jobq_jobs", ["queue"],
-                    postgresql_where=sa.text(RUNNING), sqlite_where=sa.text(RUNNING))
     op.create_index("ix_jobq_jobs_running_key", "jobq_jobs", ["concurrency_key"],
                     postgresql_where=sa.text(RUNNING_KEYED),
                     sqlite_where=sa.text(RUNNING_KEYED))
@@ -50,7 +50,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_jobq_jobs_pending_keyed", table_name="jobq_jobs")
     op.drop_index("ix_jobq_jobs_running_key", table_name="jobq_jobs")
-    op.drop_index("ix_jobq_jobs_running_queue", table_name="jobq_jobs")
     for column in ("concurrency_limit", "concurrency_key"):
         op.drop_column("jobq_jobs", column)
     for column in ("tokens_at", "tokens", "burst", "rate", "concurrency"):
