@@ -155,10 +155,12 @@ def _lock_sqlite(element: try_maintenance_lock, compiler: Any, **kw: Any) -> str
 
 
 class key_lock(FunctionElement[Any]):
-    """Wait for, then hold to the end of the transaction, the lock of one concurrency key
-    (``store/limits.py``): PostgreSQL's transaction-scoped advisory lock on a 64-bit hash of
-    the key (a collision only makes two keys wait for each other); on SQLite the writer
-    already holds the database's only write lock."""
+    """Try to take, and then hold to the end of the transaction, the lock of one concurrency
+    key (``store/limits.py``): true when taken. PostgreSQL's transaction-scoped advisory lock
+    on a 64-bit hash of the key, without waiting: a claim that finds a key's lock taken leaves
+    that key's jobs to the claim holding it, and no two claims ever wait for each other's keys
+    (so lock order across queues does not matter). A hash collision only makes two keys take
+    turns. On SQLite the writer already holds the database's only write lock."""
 
     type = Boolean()
     inherit_cache = True
@@ -171,8 +173,8 @@ class key_lock(FunctionElement[Any]):
 def _key_lock_pg(element: key_lock, compiler: Any, **kw: Any) -> str:
     (key,) = element.clauses
     # Seeded, so these locks never meet the migration's or pruning's fixed keys by design.
-    return (f"(pg_advisory_xact_lock(hashtextextended({compiler.process(key, **kw)}, "
-            f"{KEY_LOCK_SEED})) IS NOT NULL)")
+    return (f"pg_try_advisory_xact_lock(hashtextextended({compiler.process(key, **kw)}, "
+            f"{KEY_LOCK_SEED}))")
 
 
 @compiles(key_lock, "sqlite")

@@ -15,12 +15,14 @@ believes about limits, and however stale, it cannot exceed one.
 2. the running jobs of those queues, counted (READ COMMITTED: each statement sees every claim
    committed before the lock was granted), which gives each queue's budget: free slots,
    concurrency − running, whole tokens;
-3. candidates, ``FOR UPDATE SKIP LOCKED`` as any claim, then, for the keys among them, each
-   key's lock (an advisory lock on its hash, in key order) and a count of its running jobs;
+3. candidates, ``FOR UPDATE SKIP LOCKED`` as any claim (keys already at their limit left
+   out), then, for the keys among them, each key's lock (an advisory lock on its hash,
+   tried without waiting: a key whose lock another claim holds is skipped) and a count of
+   its running jobs;
 4. pending → running for the candidates that fit every budget, and the tokens spent.
 
-Locks are always taken in that order (queue rows, candidate rows without waiting, key locks),
-so two claims cannot wait for each other in a cycle. On SQLite the claim's write lock
+The only locks waited for are the queue rows, always in name order and first, so two
+claims cannot wait for each other in a cycle. On SQLite the claim's write lock
 (``BEGIN IMMEDIATE``) serialises everything already. Nothing counts running jobs but the
 jobs table, so a worker that dies with limited jobs leaks nothing: rescue moves them out of
 running, and the next count sees it.
@@ -158,7 +160,19 @@ class Limits(StoreBase):
                     worker_id: str, lease_seconds: float) -> list[Any]:
         """Up to ``budget`` due jobs of ``queue``, keyed ones within their keys' limits."""
         due = (jobs.c.state == PENDING) & (jobs.c.queue == queue) & (jobs.c.run_at <= db_now())
-        if not keyed:
+        if keyed:
+            # Leave out, while reading, the keys already at their limit (as of this
+            # statement; the count under the key's lock below is what decides), so a long
+            # backlog of one busy key does not hide the other keys' jobs behind it. The
+            # count reads the partial index of running keyed jobs.
+            running = jobs.alias("running_jobs")
+            busy = (select(func.count()).select_from(running)
+                    .where(running.c.state == RUNNING,
+                           running.c.concurrency_key == jobs.c.concurrency_key)
+                    .scalar_subquery())
+            due = due & (jobs.c.concurrency_key.is_(None)
+                         | (busy < jobs.c.concurrency_limit))
+        else:
             due = due & jobs.c.concurrency_key.is_(None)
         candidates = conn.execute(
             select(jobs.c.id, jobs.c.concurrency_key, jobs.c.concurrency_limit).where(due)
@@ -169,17 +183,24 @@ class Limits(StoreBase):
         keys = sorted({c.concurrency_key for c in candidates if c.concurrency_key is not None})
         room: dict[str, int] = {}
         if keys:
-            for k in keys:  # in key order: two claims never wait for each other's keys
-                conn.execute(select(key_lock(bindparam("k", k, type_=String()))))
-            busy = dict(conn.execute(
+            # Each key's lock, without waiting: a key another claim holds is its to fill.
+            # Counted after the lock is taken, in a statement of its own (READ COMMITTED),
+            # the running jobs include every claim of the key that committed before.
+            mine = [k for k in keys
+                    if conn.execute(select(key_lock(bindparam("k", k, type_=String()))))
+                    .scalar_one()]
+            busy_by_key = dict(conn.execute(
                 select(jobs.c.concurrency_key, func.count()).where(
-                    jobs.c.state == RUNNING, jobs.c.concurrency_key.in_(keys))
-                .group_by(jobs.c.concurrency_key)).all())
-            first_limit = {}
+                    jobs.c.state == RUNNING, jobs.c.concurrency_key.in_(mine))
+                .group_by(jobs.c.concurrency_key)).all()) if mine else {}
+            first_limit: dict[str, int] = {}
             for c in candidates:
                 if c.concurrency_key is not None:
                     first_limit.setdefault(c.concurrency_key, c.concurrency_limit or 1)
-            room = {k: first_limit[k] - busy.get(k, 0) for k in keys}
+            # A key's limit is that of its first candidate; two jobs of one key in one
+            # claim share it.
+            room = {k: 0 for k in keys}
+            room.update({k: first_limit[k] - busy_by_key.get(k, 0) for k in mine})
         picked = []
         for c in candidates:
             if len(picked) >= budget:

@@ -171,3 +171,13 @@ def test_the_service_takes_task_and_job_keys_and_checks_limits(settings: Setting
             service.set_queue_limits("q", **kwargs)  # type: ignore[arg-type]
         assert info.value.field == field
     assert service.set_queue_limits("q", rate=2.5).burst == 3
+
+
+def test_a_busy_keys_backlog_does_not_hide_other_keys(store: SqlStore) -> None:
+    from jobq.store.limits import KEYED_LOOKAHEAD
+
+    add(store, KEYED_LOOKAHEAD + 20, queue="k", concurrency_key="busy", concurrency_limit=1,
+        priority=5)
+    (other,) = add(store, 1, queue="k", concurrency_key="other", concurrency_limit=1)
+    assert len(store.claim("w", ["k"], 1, 30)) == 1  # one of the busy key's
+    assert [c.job.id for c in store.claim("w", ["k"], 5, 30)] == [other]
