@@ -285,6 +285,9 @@ def _values(new: NewJob) -> dict[str, Any]:
         "idempotency_key": new.idempotency_key,
         "at": new.run_at,
         "delay": float(new.delay_seconds or 0),
+        # NULL (not JSON null) when none were given: see tables.JsonOrNull.
+        "tags": list(new.tags) if new.tags else None,
+        "meta": new.meta or None,
     }
 
 
