@@ -45,10 +45,12 @@ T = TypeVar("T")
 #: The enqueue options a request may carry (``JobService.enqueue``'s, less ``allowed_queues``,
 #: which the server takes from the API key).
 _OPTIONS = ("queue", "priority", "max_attempts", "run_at", "delay_seconds", "idempotency_key",
-            "unique_key", "unique_for", "concurrency_key", "concurrency_limit")
+            "unique_key", "unique_for", "concurrency_key", "concurrency_limit", "tags",
+            "meta")
 
-#: How ``wait`` polls: the first pause, and the longest, in seconds.
-_WAIT_FIRST, _WAIT_MOST = 0.05, 1.0
+#: The longest wait of one ``GET /jobs/{id}?wait=`` (the server's bound): ``wait`` makes as
+#: many such long polls as its timeout needs.
+_WAIT_CHUNK = 60.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class _Call(Generic[T]):
     #: What the request acts on, for the errors that name it (job-not-found, …).
     job_id: int | None = None
     action: str | None = None
+    #: Seconds for this request, when not the client's (a long poll).
+    timeout: float | None = None
 
 
 class _Calls:
@@ -74,7 +78,7 @@ class _Calls:
         """Submit a job (``POST /jobs``): an ``EnqueueResult``, ``created`` False when an
         identical request with the same idempotency key or a live job with the same unique
         key was there. ``options``: queue, priority, max_attempts, run_at, delay_seconds,
-        idempotency_key, unique_key, unique_for."""
+        idempotency_key, unique_key, unique_for, tags, meta."""
         return self._send(_Call("POST", "/jobs", _enqueued, json=_spec(task_type, payload,
                                                                          options)))
 
@@ -93,14 +97,20 @@ class _Calls:
 
     def list_jobs(self, *, state: JobState | str | None = None, queue: str | None = None,
                   task_type: str | None = None, limit: int = 50,
-                  cursor: str | None = None) -> Any:
+                  cursor: str | None = None, tag: str | None = None) -> Any:
         """A page of jobs, newest first (``GET /jobs``); page on with ``cursor`` set to the
-        previous page's ``next_cursor``."""
+        previous page's ``next_cursor``; ``tag``: only jobs with that tag."""
         params = {k: str(v) for k, v in (("state", state), ("queue", queue),
-                                         ("task_type", task_type), ("cursor", cursor))
+                                         ("task_type", task_type), ("cursor", cursor),
+                                         ("tag", tag))
                   if v is not None}
         params["limit"] = str(limit)
         return self._send(_Call("GET", "/jobs", _page, params=params))
+
+    def _wait_call(self, job_id: int, seconds: float) -> _Call[Job]:
+        """One long poll (``GET /jobs/{id}?wait=``), with time for the answer to come."""
+        return _Call("GET", f"/jobs/{int(job_id)}", _job, params={"wait": f"{seconds:.3f}"},
+                     job_id=job_id, timeout=seconds + 30.0)
 
     def cancel(self, job_id: int) -> Any:
         """pending or running → cancelled (``POST /jobs/{id}/cancel``, admin scope)."""
@@ -131,24 +141,28 @@ class Client(_Calls):
     def _send(self, call: _Call[T]) -> T:
         try:
             resp = self._http.request(call.method, call.path, json=call.json,
-                                      params=call.params or None, headers=self._headers)
+                                      params=call.params or None, headers=self._headers,
+                                      timeout=_timeout(call))
         except httpx.TransportError as exc:
             raise _unreachable(self._http.base_url, exc) from exc
         return _answer(call, resp)
 
     def wait(self, job_id: int, timeout: float = 60.0) -> Job:
         """The job once it is final (done, failed or cancelled), or as it is after
-        ``timeout`` seconds (check ``job.state``). Polls ``GET /jobs/{id}``, from every
-        50 ms up to every second."""
+        ``timeout`` seconds (check ``job.state``): long polls of ``GET /jobs/{id}?wait=``,
+        of at most 60 s each, which the server answers as soon as the job is final."""
         deadline = time.monotonic() + timeout
-        pause = _WAIT_FIRST
         while True:
-            job = self.get(job_id)
-            left = deadline - time.monotonic()
-            if job.state.is_final or left <= 0:
+            left = max(0.0, deadline - time.monotonic())
+            try:
+                job = self._send(self._wait_call(job_id, min(left, _WAIT_CHUNK)))
+            except RateLimited as exc:  # the server holds all the waits it may: later
+                if left <= 0:
+                    raise
+                time.sleep(min(exc.retry_after, left))
+                continue
+            if job.state.is_final or deadline - time.monotonic() <= 0:
                 return job
-            time.sleep(min(pause, left))
-            pause = min(pause * 2, _WAIT_MOST)
 
     def close(self) -> None:
         if self._own:
@@ -174,7 +188,8 @@ class AsyncClient(_Calls):
     async def _send(self, call: _Call[T]) -> T:
         try:
             resp = await self._http.request(call.method, call.path, json=call.json,
-                                            params=call.params or None, headers=self._headers)
+                                            params=call.params or None, headers=self._headers,
+                                            timeout=_timeout(call))
         except httpx.TransportError as exc:
             raise _unreachable(self._http.base_url, exc) from exc
         return _answer(call, resp)
@@ -182,14 +197,17 @@ class AsyncClient(_Calls):
     async def wait(self, job_id: int, timeout: float = 60.0) -> Job:
         """``Client.wait``, awaited."""
         deadline = time.monotonic() + timeout
-        pause = _WAIT_FIRST
         while True:
-            job: Job = await self.get(job_id)
-            left = deadline - time.monotonic()
-            if job.state.is_final or left <= 0:
+            left = max(0.0, deadline - time.monotonic())
+            try:
+                job: Job = await self._send(self._wait_call(job_id, min(left, _WAIT_CHUNK)))
+            except RateLimited as exc:
+                if left <= 0:
+                    raise
+                await asyncio.sleep(min(exc.retry_after, left))
+                continue
+            if job.state.is_final or deadline - time.monotonic() <= 0:
                 return job
-            await asyncio.sleep(min(pause, left))
-            pause = min(pause * 2, _WAIT_MOST)
 
     async def aclose(self) -> None:
         if self._own:
@@ -218,6 +236,10 @@ def _spec(task_type: str, payload: Any, options: Mapping[str, Any]) -> dict[str,
         if value is not None:
             body[name] = value.isoformat() if isinstance(value, datetime) else value
     return body
+
+
+def _timeout(call: _Call[Any]) -> Any:
+    return httpx.USE_CLIENT_DEFAULT if call.timeout is None else call.timeout
 
 
 def _unreachable(base_url: httpx.URL, exc: Exception) -> StoreUnavailable:
@@ -265,7 +287,9 @@ def job_of(body: Mapping[str, Any]) -> Job:
         unique_key=body.get("unique_key"), unique_for=body.get("unique_for"),
         concurrency_key=body.get("concurrency_key"),
         concurrency_limit=body.get("concurrency_limit"),
-        attempt_log=attempts,
+        attempt_log=attempts, tags=tuple(body.get("tags") or ()), meta=body.get("meta") or {},
+        progress=body.get("progress"), progress_message=body.get("progress_message"),
+        progress_at=_time(body.get("progress_at")),
     )
 
 

@@ -38,6 +38,22 @@ class JobContext:
     #: look at this (``ctx.stopped.wait(seconds)`` in place of ``time.sleep``) and return.
     stopped: threading.Event = field(default_factory=threading.Event, compare=False,
                                      repr=False)
+    #: Where ``progress`` reports go (the worker's ``jobq.worker.progress``); None: nowhere.
+    report: Callable[[float, str | None], None] | None = field(default=None, compare=False,
+                                                               repr=False)
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Say how far the job is, ``fraction`` from 0 to 1, with an optional ``message``:
+        shown by ``GET /jobs/{id}`` and waits. Cheap to call often, from a def or an async
+        def handler: the worker writes at most one report per second per job, and the last
+        one before the outcome. ValueError for a fraction outside 0..1."""
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
+                0.0 <= fraction <= 1.0):  # NaN fails this too
+            raise ValueError(f"progress: fraction must be a number from 0 to 1, not {fraction!r}")
+        if message is not None and not isinstance(message, str):
+            raise ValueError("progress: message must be a string or None")
+        if self.report is not None:
+            self.report(float(fraction), message)
 
 
 @dataclass(frozen=True)

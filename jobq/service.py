@@ -25,6 +25,7 @@ from jobq.settings import Settings
 from jobq.store import SqlStore, open_store
 from jobq.store.borrowed import their_connection
 from jobq.store.operator import BulkResult, JobFilter
+from jobq.waits import MAX_WAIT_SECONDS, Waits
 from jobq.types import (
     CONCURRENCY_RANGE,
     NAME_PATTERN,
@@ -76,6 +77,10 @@ class JobService:
         # Concurrent enqueues, single or batched (the API's requests), share transactions
         # written by one thread; see jobq/coalesce.py.
         self._group = GroupCommit(store.enqueue_many, store.enqueue)
+        self._waits = Waits(
+            lambda heard: store.listen_final(heard, settings),
+            max_waiters=settings.max_waiters, recheck=settings.wait_recheck_seconds,
+            poll=min(settings.poll_interval_seconds, settings.wait_recheck_seconds))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobService:
@@ -85,6 +90,7 @@ class JobService:
     def close(self) -> None:
         """Write the enqueues in flight, then let go of the database connections."""
         self._group.close()
+        self._waits.close()
         self.store.dispose()
 
     def __enter__(self) -> JobService:
@@ -113,6 +119,8 @@ class JobService:
         unique_for: float | None = None,
         concurrency_key: str | None = None,
         concurrency_limit: int | None = None,
+        tags: Sequence[str] = (),
+        meta: Mapping[str, Any] | None = None,
         allowed_queues: Collection[str] | None = None,
         connection: Any = None,
     ) -> EnqueueResult:
@@ -130,6 +138,8 @@ class JobService:
 
         ``concurrency_key``: at most ``concurrency_limit`` (default: the task's, else 1)
         jobs with that key run at once across the cluster; default: the task's key.
+        ``tags`` (at most 10 names) and ``meta`` (a JSON object of at most 4 KiB) are kept
+        with the job, for finding it (``list_jobs(tag=)``) and labelling it.
 
         ``connection``: the application's own connection to jobq's database (a SQLAlchemy
         Connection or Session, a psycopg or sqlite3 connection, ``jobq.store.borrowed``):
@@ -140,7 +150,8 @@ class JobService:
             task_type, payload, queue=queue, priority=priority, max_attempts=max_attempts,
             run_at=run_at, delay_seconds=delay_seconds, idempotency_key=idempotency_key,
             unique_key=unique_key, unique_for=unique_for, concurrency_key=concurrency_key,
-            concurrency_limit=concurrency_limit, allowed_queues=allowed_queues,
+            concurrency_limit=concurrency_limit, tags=tags, meta=meta,
+            allowed_queues=allowed_queues,
         )
         if connection is not None:
             try:
@@ -231,6 +242,8 @@ class JobService:
         unique_for: float | None = None,
         concurrency_key: str | None = None,
         concurrency_limit: int | None = None,
+        tags: Sequence[str] = (),
+        meta: Mapping[str, Any] | None = None,
         allowed_queues: Collection[str] | None = None,
     ) -> NewJob:
         if allowed_queues is not None and queue not in allowed_queues:
@@ -256,6 +269,8 @@ class JobService:
             unique_for=unique_for,
             concurrency_key=concurrency_key,
             concurrency_limit=concurrency_limit,
+            tags=tags,
+            meta=None if meta is None else dict(meta) if isinstance(meta, Mapping) else meta,
         )
 
     # ``allowed_queues`` (where taken): the queues the caller may see, from its API key; None
@@ -266,6 +281,23 @@ class JobService:
     def get(self, job_id: int, *, allowed_queues: Collection[str] | None = None) -> Job:
         return self.store.get(job_id, queues=allowed_queues)
 
+    def wait(self, job_id: int, timeout: float = MAX_WAIT_SECONDS, *,
+             allowed_queues: Collection[str] | None = None) -> Job:
+        """The job once it is final (done, failed, cancelled), or as it is after
+        ``timeout`` seconds (0 to 60), whichever comes first; its progress meanwhile is in
+        what ``get`` reads. Woken by a notification, not by polling (``jobq.waits``);
+        JobNotFound at once for a job that does not exist."""
+        return self._waits.wait(job_id, _wait_seconds(timeout),
+                                lambda: self.get(job_id, allowed_queues=allowed_queues))
+
+    async def wait_async(self, job_id: int, timeout: float = MAX_WAIT_SECONDS, *,
+                         allowed_queues: Collection[str] | None = None) -> Job:
+        """``wait`` for an event loop (``GET /jobs/{id}?wait=``): while it waits it holds
+        no thread and no database connection; cancelled, it stops waiting at once."""
+        return await self._waits.wait_async(
+            job_id, _wait_seconds(timeout),
+            lambda: self.get(job_id, allowed_queues=allowed_queues))
+
     def list_jobs(
         self,
         *,
@@ -274,18 +306,20 @@ class JobService:
         task_type: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        tag: str | None = None,
         allowed_queues: Collection[str] | None = None,
     ) -> Page:
+        """Newest first; ``tag``: only jobs with that tag."""
         if allowed_queues is not None:
             if queue is not None and queue not in allowed_queues:
                 raise QueueNotFound(queue)
             if queue is None:
                 return self.store.list_jobs(
                     state=state, task_type=task_type, limit=limit, cursor=cursor,
-                    queues=sorted(allowed_queues),
+                    queues=sorted(allowed_queues), tag=tag,
                 )
         return self.store.list_jobs(
-            state=state, queue=queue, task_type=task_type, limit=limit, cursor=cursor
+            state=state, queue=queue, task_type=task_type, limit=limit, cursor=cursor, tag=tag
         )
 
     def cancel(self, job_id: int, *, allowed_queues: Collection[str] | None = None) -> Job:
@@ -446,3 +480,10 @@ class JobService:
 
     def touch_key(self, key_id: int) -> None:
         self.store.touch_api_key(key_id)
+
+
+def _wait_seconds(timeout: float) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
+            0 <= timeout <= MAX_WAIT_SECONDS):
+        raise ValueError(f"timeout must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}")
+    return float(timeout)

@@ -193,6 +193,14 @@ class Settings(BaseSettings):
     batch_max_jobs: int = Field(
         1000, ge=1, le=100_000, description="Most jobs one `POST /jobs/batch` may submit."
     )
+    max_waiters: int = Field(
+        1000, ge=1, le=1_000_000, description="Most waits (`GET /jobs/{id}?wait=`, "
+        "`JobService.wait`) one process holds at once; past it a wait is refused (429).",
+    )
+    wait_recheck_seconds: float = Field(
+        5.0, gt=0, le=60, description="A waiting job is read again this often even without "
+        "a notification (one may be missed while the listener reconnects).",
+    )
 
     @field_validator("tasks", "queues", "allowed_hosts", "allowed_origins", mode="before")
     @classmethod

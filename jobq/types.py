@@ -27,6 +27,7 @@ else got there first; the caller logs it and moves on.
 from __future__ import annotations
 
 import enum
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -133,6 +134,13 @@ class Job:
     # A serial lane (migration 0009): at most ``concurrency_limit`` running with this key.
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    # Tags and metadata given at enqueue, and the handler's last progress report
+    # (migration 0010): written by the lease holder, throttled (``jobq.worker.progress``).
+    tags: tuple[str, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)
+    progress: float | None = None
+    progress_message: str | None = None
+    progress_at: datetime | None = None
     attempt_log: tuple[Attempt, ...] = field(default=())
 
 
@@ -158,6 +166,8 @@ class NewJob:
     #: At most ``concurrency_limit`` jobs with this key run at once, across the cluster.
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
+    tags: tuple[str, ...] = ()
+    meta: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name, value in (("task_type", self.task_type), ("queue", self.queue)):
@@ -213,6 +223,41 @@ class NewJob:
             check_json_value(self.payload)
         except ValueError as exc:
             raise InvalidJob("payload", str(exc)) from None
+        if self.tags != () or self.meta is not None:
+            _check_tags_and_meta(self)
+
+
+#: At most this many tags per job, each a NAME_PATTERN name; ``meta`` at most this many bytes
+#: of JSON. Both are for finding and labelling jobs, not for data: that is the payload.
+MAX_TAGS = 10
+MAX_META_BYTES = 4096
+#: A progress report's message is cut to this many characters.
+PROGRESS_MESSAGE_CHARS = 500
+
+
+def _check_tags_and_meta(new: NewJob) -> None:
+    """NewJob's ``tags`` (kept as a tuple without repeats, in the order given) and ``meta``
+    (a JSON object of at most MAX_META_BYTES)."""
+    tags = new.tags
+    if isinstance(tags, str) or not isinstance(tags, (list, tuple)):
+        raise InvalidJob("tags", "must be a list of names")
+    if not all(isinstance(t, str) and _NAME.fullmatch(t) for t in tags):
+        raise InvalidJob("tags", f"each tag must match {NAME_PATTERN}")
+    unique = tuple(dict.fromkeys(tags))
+    if len(unique) > MAX_TAGS:
+        raise InvalidJob("tags", f"at most {MAX_TAGS} tags")
+    object.__setattr__(new, "tags", unique)
+    meta = new.meta
+    if meta is None:
+        return
+    if not isinstance(meta, dict):
+        raise InvalidJob("meta", "must be a JSON object")
+    try:
+        check_json_value(meta, name="meta")
+    except ValueError as exc:
+        raise InvalidJob("meta", str(exc)) from None
+    if len(json.dumps(meta, ensure_ascii=False).encode()) > MAX_META_BYTES:
+        raise InvalidJob("meta", f"at most {MAX_META_BYTES} bytes of JSON")
 
 
 def utc_run_at(value: object) -> datetime:

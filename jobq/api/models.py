@@ -25,6 +25,8 @@ from jobq.jsonvalue import LIMITS, check_json_value, text_problem
 from jobq.types import (
     MAX_ATTEMPTS_RANGE,
     MAX_DELAY_SECONDS,
+    MAX_META_BYTES,
+    MAX_TAGS,
     NAME_PATTERN,
     PRIORITY_RANGE,
     AttemptOutcome,
@@ -180,6 +182,16 @@ class EnqueueRequest(_JobSpec):
     # as Unix seconds, so a client sending milliseconds would get a date in the year 55000).
     # The query form, where every value is a string, converts as usual.
 
+    tags: list[Name] | None = Field(
+        None, max_length=MAX_TAGS, description=f"At most {MAX_TAGS} names, to find the job "
+        "by (`GET /jobs?tag=`).", examples=[["billing", "customer-42"]],
+    )
+    meta: dict[str, Any] | None = Field(
+        None, description=f"A JSON object kept with the job (at most {MAX_META_BYTES} bytes "
+        "of JSON): labels for people and tools, not data for the task.",
+        examples=[{"requested_by": "ana"}],
+    )
+
     @field_validator("priority", "max_attempts", "delay_seconds", "unique_for",
                      "concurrency_limit", mode="before")
     @classmethod
@@ -291,6 +303,12 @@ class JobOut(_Out):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    tags: list[str] = Field(description="Its tags, as given at enqueue.")
+    meta: dict[str, Any] = Field(description="Its metadata, as given at enqueue.")
+    progress: float | None = Field(
+        description="The handler's last progress report, 0 to 1 (`ctx.progress`).")
+    progress_message: str | None
+    progress_at: datetime | None = Field(description="When it was reported.")
 
 
 class BatchJobOut(JobOut):

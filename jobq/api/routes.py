@@ -10,6 +10,7 @@ touch the database are ``async def``, so they cost no trip through the threadpoo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
 from pydantic import BeforeValidator
+from starlette.concurrency import run_in_threadpool
 
 from jobq.api.auth import Admin, Enqueuer, Reader
 from jobq.api.models import (
@@ -47,6 +49,7 @@ from jobq.payloads import InvalidPayload
 from jobq.service import JobService
 from jobq.settings import NAME_PATTERN
 from jobq.types import JobState
+from jobq.waits import MAX_WAIT_SECONDS
 
 log = logging.getLogger("jobq.api")
 
@@ -192,6 +195,9 @@ def _spec(spec: EnqueueRequest | EnqueueQuery) -> dict[str, Any]:
         "unique_for": spec.unique_for,
         "concurrency_key": spec.concurrency_key,
         "concurrency_limit": spec.concurrency_limit,
+        # The JSON body only: the query form has no lists or objects.
+        "tags": getattr(spec, "tags", None) or (),
+        "meta": getattr(spec, "meta", None),
     }
 
 
@@ -253,7 +259,8 @@ async def submit_jobs(
 def list_jobs(
     service: Service,
     caller: Reader,
-    _: Annotated[None, only_query_params("state", "queue", "task_type", "limit", "cursor")],
+    _: Annotated[None, only_query_params("state", "queue", "task_type", "limit", "cursor",
+                                         "tag")],
     state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
     queue: Annotated[
         str | None, Query(pattern=NAME_PATTERN, description="Only jobs of this queue.")
@@ -266,9 +273,12 @@ def list_jobs(
         str | None,
         Query(min_length=1, max_length=128, description="`next_cursor` of the previous page."),
     ] = None,
+    tag: Annotated[
+        str | None, Query(pattern=NAME_PATTERN, description="Only jobs with this tag.")
+    ] = None,
 ) -> JobPage:
     page = service.list_jobs(
-        state=state, queue=queue, task_type=task_type, limit=limit, cursor=cursor,
+        state=state, queue=queue, task_type=task_type, limit=limit, cursor=cursor, tag=tag,
         allowed_queues=caller.allowed_queues,
     )
     return JobPage(
@@ -279,11 +289,47 @@ def list_jobs(
 @jobs.get(
     "/{job_id}",
     summary="Get a job",
-    description="The job with every attempt it has made.",
+    description=(
+        "The job with every attempt it has made, and its progress. With `wait=S` (seconds, "
+        "0 to 60) a long poll: answers as soon as the job is final (done, failed, "
+        "cancelled), or after S seconds with the job as it is then. At most "
+        "JOBQ_MAX_WAITERS waits at once per server process (then a 429)."
+    ),
+    response_model=JobDetail,
     responses=problem_responses(401, 403, 404, 422, 429, 503),
 )
-def get_job(service: Service, caller: Reader, job_id: JobId) -> JobDetail:
-    return JobDetail.model_validate(service.get(job_id, allowed_queues=caller.allowed_queues))
+async def get_job(
+    service: Service,
+    caller: Reader,
+    request: Request,
+    job_id: JobId,
+    _: Annotated[None, only_query_params("wait")],
+    wait: Annotated[float | None, Query(
+        ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False,
+        description="Seconds to wait for the job to become final (long poll).")] = None,
+) -> Any:
+    queues = caller.allowed_queues
+    if not wait:
+        job = await run_in_threadpool(service.get, job_id, allowed_queues=queues)
+        return JobDetail.model_validate(job)
+    # The wait holds no thread and no connection; a client that goes away ends it at once.
+    waiting = asyncio.ensure_future(service.wait_async(job_id, wait, allowed_queues=queues))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not waiting.done():
+            waiting.cancel()
+    if not waiting.done() or waiting.cancelled():
+        return Response(status_code=499)  # the client is gone: nobody reads this
+    return JobDetail.model_validate(waiting.result())
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone away (the request's body, if any, is skipped)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 @jobs.post(

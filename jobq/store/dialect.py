@@ -89,6 +89,16 @@ class Dialect(Protocol):
         """A coroutine calling ``wake`` when jobs of ``queues`` may be due, or None
         (``settings``: where to listen, behind a pooler)."""
 
+    def finished(self, conn: Connection, ids: Iterable[int]) -> None:
+        """Tell the waiters of jobs ``ids`` (``jobq.waits``) that they became final, when
+        ``conn``'s transaction commits. (A batch of successes does it in its own statement.)"""
+
+    def listen_final(
+        self, engine: Engine, heard: Callable[[list[int] | None], None], settings: Settings,
+    ) -> Coroutine[Any, Any, None] | None:
+        """A coroutine calling ``heard(ids)`` when jobs ``ids`` may have become final,
+        ``heard(None)`` when any may have; or None where nothing can be watched."""
+
     def lock_for_migration(self, conn: Connection) -> None:
         """Make concurrent migrations of this database wait for ``conn``'s transaction."""
 

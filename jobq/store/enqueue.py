@@ -296,6 +296,9 @@ def _values(new: NewJob, lanes: bool = False) -> dict[str, Any]:
         "idempotency_key": new.idempotency_key,
         "at": new.run_at,
         "delay": float(new.delay_seconds or 0),
+        # NULL (not JSON null) when none were given: see tables.JsonOrNull.
+        "tags": list(new.tags) if new.tags else None,
+        "meta": new.meta or None,
     }
     if lanes:
         values["concurrency_key"] = new.concurrency_key

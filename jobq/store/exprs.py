@@ -227,3 +227,30 @@ def _after_pg(element: seconds_after, compiler: Any, **kw: Any) -> str:
 def _after_sqlite(element: seconds_after, compiler: Any, **kw: Any) -> str:
     at, secs = (compiler.process(c, **kw) for c in element.clauses)
     return f"({at} + {secs})"
+
+
+class has_tag(FunctionElement[Any]):
+    """The job's ``tags`` hold ``tag`` (a bound value). PostgreSQL: ``tags @> '["tag"]'``,
+    which the GIN index ``ix_jobq_jobs_tags`` answers; SQLite: a look into the row's JSON
+    array (json_each), with no index to help (``tables.py``)."""
+
+    type = Boolean()
+    inherit_cache = True
+
+    def __init__(self, tag: Any) -> None:
+        super().__init__(tag)
+
+
+@compiles(has_tag, "postgresql")
+def _tag_pg(element: has_tag, compiler: Any, **kw: Any) -> str:
+    (tag,) = element.clauses
+    col = compiler.process(jobs.c.tags, **kw)
+    return f"({col} @> jsonb_build_array(CAST({compiler.process(tag, **kw)} AS text)))"
+
+
+@compiles(has_tag, "sqlite")
+def _tag_sqlite(element: has_tag, compiler: Any, **kw: Any) -> str:
+    (tag,) = element.clauses
+    col = compiler.process(jobs.c.tags, **kw)
+    return (f"EXISTS (SELECT 1 FROM json_each({col}) "
+            f"WHERE json_each.value = {compiler.process(tag, **kw)})")

@@ -204,6 +204,7 @@ class Leases(Limits):
                 return False
             attempt_log.record(conn, self.dialect, [_of_lease(lease, row.started_at)],
                                AttemptOutcome.CANCELLED, reason)
+            self.dialect.finished(conn, [lease.job_id])
         return True
 
     @translate
@@ -300,6 +301,7 @@ class Leases(Limits):
             attempt_log.record(conn, self.dialect, [holders[r.id] for r in rows],
                                AttemptOutcome.LOST, "lease expired")
             self.dialect.wake(conn, (r.queue for r in rows if r.state == PENDING))
+            self.dialect.finished(conn, [r.id for r in rows if r.state == FAILED])
         return [job_of(r) for r in rows]
 
 
@@ -338,6 +340,8 @@ def _fail(conn: Connection, dialect: Dialect, lease: Lease, error: str, tb: str,
         return None
     attempt_log.record(conn, dialect, [_of_lease(lease, row.started_at)],
                        AttemptOutcome.ERROR, error, tb)
+    if row.state == FAILED:
+        dialect.finished(conn, [lease.job_id])
     return JobState(row.state)
 
 

@@ -45,6 +45,7 @@ class Operator(StoreBase):
                 if before is not None and before.state == RUNNING:
                     attempt_log.record(conn, self.dialect, [attempt_log.of_row(before)],
                                        AttemptOutcome.CANCELLED)
+                self.dialect.finished(conn, [job_id])
                 return job_of(row)
             row = before
         if row is None:

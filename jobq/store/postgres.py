@@ -29,6 +29,7 @@ from sqlalchemy import (
     Text,
     any_,
     bindparam,
+    case,
     cast,
     column,
     create_engine,
@@ -56,6 +57,22 @@ PENDING, RUNNING, DONE = JobState.PENDING.value, JobState.RUNNING.value, JobStat
 #: Channel on which idle workers are woken; the payload is the queue's name.
 NOTIFY_CHANNEL = "jobq_jobs"
 
+#: Channel on which the waiters of jobs are told that jobs became final (done, failed,
+#: cancelled); the payload is their ids, comma-separated, or "" for "look again, all of you"
+#: when they would not fit in a notification (8,000 bytes). Only API and service processes
+#: that wait for jobs LISTEN to it (``jobq.waits``); workers never hear it.
+FINAL_CHANNEL = "jobq_final"
+#: Ids per notification: 390 ids of up to 19 digits and a comma fit in 7,800 bytes.
+FINAL_IDS_PER_NOTE = 390
+
+
+def _final_payload(ids: Any) -> Any:
+    """The FINAL_CHANNEL payload for a column of job ids (an aggregate): the ids, or "" when
+    there are too many for one notification."""
+    return case((func.count() <= FINAL_IDS_PER_NOTE,
+                 func.string_agg(cast(ids, Text), literal(","))), else_=literal(""))
+
+
 #: running → done for a batch: the batch arrives as one JSON array of rows (a single
 #: parameter, which Python's C encoder writes; four arrays of 200 elements cost psycopg's
 #: array dumper a third of a completion's client time), so the text of the statement is the
@@ -72,7 +89,7 @@ _FINISHED = (
     .cte("finished")
     .prefix_with("MATERIALIZED")
 )
-_MARK_DONE = (
+_MARKED = (
     update(jobs)
     .where(held(_FINISHED.c.token, _FINISHED.c.id, running=_FINISHED.c.running),
            # The rows by their ids as well: a plan that cannot depend on the table's
@@ -84,11 +101,21 @@ _MARK_DONE = (
     .values(state=DONE,
             result=func.coalesce(_FINISHED.c.result, cast(literal("null"), pg.JSONB)),
             finished_at=db_now(), **DONE_LEASE)
-    .returning(_FINISHED.c.token)
+    .returning(jobs.c.id, _FINISHED.c.token)
+    .cte("marked")
+)
+#: The waiters of ``GET /jobs/{id}?wait=`` hear of the batch in the same statement (no round
+#: trip more): one notification on FINAL_CHANNEL, sent at commit, with the ids that took. An
+#: uncorrelated subquery runs once, and not at all when no row took (no output row needs it).
+_MARK_DONE = select(
+    _MARKED.c.token,
+    select(func.pg_notify(FINAL_CHANNEL, _final_payload(_MARKED.c.id)))
+    .correlate(None).scalar_subquery().label("notified"),
 )
 
 
 _decode_json = json.JSONDecoder().decode
+_JSON_NULL = cast(literal("null"), pg.JSONB)
 
 
 def _json_loads(data: bytes) -> Any:
@@ -158,7 +185,7 @@ class Postgres:
             pg.insert(jobs)
             .from_select(
                 ["task_type", "payload", "queue", "priority", "max_attempts", "idempotency_key",
-                 *lane_columns, "state", "attempts", "run_at", "created_at"],
+                 *lane_columns, "state", "attempts", "run_at", "created_at", "tags", "meta"],
                 select(
                     v["task_type"].astext, v["payload"], v["queue"].astext,
                     cast(v["priority"].astext, Integer), cast(v["max_attempts"].astext, Integer),
@@ -168,6 +195,8 @@ class Postgres:
                         seconds_from_now(cast(v["delay"].astext, Float)),
                     ),
                     db_now(),
+                    # A JSON null (no tags, no meta) is stored as SQL NULL (tables.JsonOrNull).
+                    func.nullif(v["tags"], _JSON_NULL), func.nullif(v["meta"], _JSON_NULL),
                 ).order_by(given.c.ord),
             )
             .on_conflict_do_nothing(index_elements=[jobs.c.queue, jobs.c.idempotency_key])
@@ -222,6 +251,21 @@ class Postgres:
         # Sent by PostgreSQL at commit, never for a rolled-back transaction.
         for queue in sorted(set(queues)):
             conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, queue)))
+
+    def finished(self, conn: Connection, ids: Iterable[int]) -> None:
+        # Sent at commit (never for a rolled-back transaction), like ``wake``.
+        ids = sorted(set(ids))
+        for start in range(0, len(ids), FINAL_IDS_PER_NOTE):
+            chunk = ",".join(map(str, ids[start:start + FINAL_IDS_PER_NOTE]))
+            conn.execute(select(func.pg_notify(FINAL_CHANNEL, chunk)))
+
+    def listen_final(
+        self, engine: Engine, heard: Callable[[list[int] | None], None], settings: Settings,
+    ) -> Coroutine[Any, Any, None] | None:
+        dsn = _listen_target(engine, settings)
+        if dsn is None:
+            return None
+        return listen_final(dsn, heard, network_deadlines(settings.db_network_timeout_seconds))
 
     def listen(
         self, engine: Engine, queues: Collection[str], wake: Callable[[], None],
@@ -457,4 +501,33 @@ async def listen(dsn: str, queues: Collection[str], wake: Callable[[], None],
             pause = min(0.2 * 2**failures, 10.0)
             log.warning("LISTEN connection failed (try %d, again in %.1fs); polling meanwhile: "
                         "%s", failures, pause, exc)
+            await asyncio.sleep(pause)
+
+
+async def listen_final(dsn: str, heard: Callable[[list[int] | None], None],
+                       deadlines: dict[str, int] | None = None) -> None:
+    """Call ``heard(ids)`` for every FINAL_CHANNEL notification, ``heard(None)`` ("any job may
+    have finished") for one without ids and after each (re)connection, which covers what was
+    sent while the connection was down. Runs until cancelled, reconnecting as ``listen``."""
+    failures = 0
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                dsn, autocommit=True, connect_timeout=10, application_name="jobq-waits",
+                **(deadlines or network_deadlines(10)),
+            ) as conn:
+                await conn.execute(f"LISTEN {FINAL_CHANNEL}")
+                failures = 0
+                heard(None)
+                async for note in conn.notifies():
+                    try:
+                        ids = [int(x) for x in note.payload.split(",")] if note.payload else None
+                    except ValueError:  # not ours: look again, all of them
+                        ids = None
+                    heard(ids)
+        except (psycopg.Error, OSError) as exc:
+            failures += 1
+            pause = min(0.2 * 2**failures, 10.0)
+            log.warning("LISTEN %s failed (try %d, again in %.1fs); waits re-check slowly "
+                        "meanwhile: %s", FINAL_CHANNEL, failures, pause, exc)
             await asyncio.sleep(pause)

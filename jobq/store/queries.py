@@ -7,12 +7,12 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, String, bindparam, func, select
 
 from jobq.errors import JobNotFound
 from jobq.store.attempt_log import with_row_attempt
 from jobq.store.base import StoreBase, translate
-from jobq.store.exprs import db_now, in_state, seconds_from_now
+from jobq.store.exprs import db_now, has_tag, in_state, seconds_from_now
 from jobq.store.rows import attempt_of, decode_cursor, encode_cursor, job_of, worker_of
 from jobq.store.tables import attempts, jobs, workers
 from jobq.types import Job, JobState, Page, Stats
@@ -57,9 +57,10 @@ class Queries(StoreBase):
         limit: int = 50,
         cursor: str | None = None,
         queues: Sequence[str] | None = None,
+        tag: str | None = None,
     ) -> Page:
         """Newest first. ``cursor`` is the ``next_cursor`` of the previous page; ``queues``
-        limits the page to jobs in any of them."""
+        limits the page to jobs in any of them; ``tag`` to jobs with that tag."""
         stmt = _in(select(jobs), queues).order_by(jobs.c.id.desc()).limit(limit + 1)
         if state is not None:
             stmt = stmt.where(jobs.c.state == JobState(state).value)
@@ -67,6 +68,8 @@ class Queries(StoreBase):
             stmt = stmt.where(jobs.c.queue == queue)
         if task_type is not None:
             stmt = stmt.where(jobs.c.task_type == task_type)
+        if tag is not None:
+            stmt = stmt.where(has_tag(bindparam("tag", tag, type_=String)))
         if cursor is not None:
             stmt = stmt.where(jobs.c.id < decode_cursor(cursor))
         with self.read() as conn:

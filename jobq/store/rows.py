@@ -35,6 +35,8 @@ def job_of(row: Any, attempt_log: Sequence[Attempt] = ()) -> Job:
     was a tenth of a claim)."""
     fields = dict(zip(_JOB_COLUMNS, row))
     fields["state"] = _STATES[fields["state"]]
+    fields["tags"] = tuple(fields["tags"] or ())  # NULL when none were given
+    fields["meta"] = fields["meta"] or {}
     fields["attempt_log"] = tuple(attempt_log)
     return built(Job, **fields)
 
@@ -68,6 +70,8 @@ def created_job(new: NewJob, row: Any) -> Job:
         created_at=row.created_at, started_at=None, finished_at=None, attempt_log=(),
         unique_key=new.unique_key, unique_for=new.unique_for,
         concurrency_key=new.concurrency_key, concurrency_limit=new.concurrency_limit,
+        tags=new.tags, meta=dict(new.meta or {}), progress=None, progress_message=None,
+        progress_at=None,
     )
 
 

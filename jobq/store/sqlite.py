@@ -170,6 +170,16 @@ class Sqlite:
             return None  # not a file other processes write to
         return watch_commits(path, wake)
 
+    def finished(self, conn: Connection, ids: Iterable[int]) -> None:
+        pass  # no notifications: waiters watch the file's commits (listen_final)
+
+    def listen_final(
+        self, engine: Engine, heard: Callable[[list[int] | None], None], settings: Settings,
+    ) -> Coroutine[Any, Any, None] | None:
+        # Any commit may have finished any job: every waiter looks again (jobq.waits spaces
+        # those looks out).
+        return self.listen(engine, (), lambda: heard(None), settings)
+
     def lock_for_migration(self, conn: Connection) -> None:
         pass  # the migration's transaction holds the only write lock (BEGIN IMMEDIATE)
 

@@ -13,6 +13,7 @@ from jobq.store.enqueue import Enqueue
 from jobq.store.leases import Leases
 from jobq.store.maintenance import Maintenance
 from jobq.store.operator import BulkOperator
+from jobq.store.progress import Progress
 from jobq.store.queries import Queries
 from jobq.store.queues import Queues
 from jobq.store.schedules import Schedules
@@ -20,7 +21,7 @@ from jobq.store.tooling import Tooling
 
 
 class SqlStore(Enqueue, Queries, Leases, BulkOperator, Queues, Maintenance, Schedules, ApiKeys,
-               Tooling):
+               Tooling, Progress):
     """Jobs, attempts, workers, queues, schedules and API keys in a SQL database. Thread-safe; one per
     process. Made by ``open_store``."""
 
@@ -36,3 +37,11 @@ class SqlStore(Enqueue, Queries, Leases, BulkOperator, Queues, Maintenance, Sche
         nothing to watch (an in-memory SQLite database, a pooler in transaction mode without
         a listen URL)."""
         return self.dialect.listen(self.engine, queues, wake, settings)
+
+    def listen_final(
+        self, heard: Callable[[list[int] | None], None], settings: Settings
+    ) -> Coroutine[Any, Any, None] | None:
+        """A coroutine that calls ``heard(ids)`` when jobs ``ids`` may have become final and
+        ``heard(None)`` when any may have (PostgreSQL: LISTEN on the finished jobs' channel;
+        SQLite: the file's commits), until cancelled; or None where nothing can be watched."""
+        return self.dialect.listen_final(self.engine, heard, settings)

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from jobq.types import AttemptOutcome, JobState
+from jobq.types import PROGRESS_MESSAGE_CHARS, AttemptOutcome, JobState
 
 metadata = MetaData(
     naming_convention={
@@ -119,6 +119,13 @@ JsonValue = (
     .with_variant(JSONB(none_as_null=False), "postgresql")
     .with_variant(_SqliteJson(none_as_null=False), "sqlite")
 )
+#: The same, with Python's None stored as SQL NULL: a job without tags or meta has NULL there,
+#: so the tags' GIN index (PostgreSQL, partial) holds tagged jobs only.
+JsonOrNull = (
+    JSON(none_as_null=True)
+    .with_variant(JSONB(none_as_null=True), "postgresql")
+    .with_variant(_SqliteJson(none_as_null=True), "sqlite")
+)
 # SQLite needs INTEGER PRIMARY KEY (a rowid alias) for AUTOINCREMENT, which stops ids from
 # ever being reused after deletes.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -155,6 +162,13 @@ jobs = Table(
     # once, across the cluster (``store/limits.py``).
     Column("concurrency_key", String(255), nullable=True),
     Column("concurrency_limit", Integer, nullable=True),
+    # Tags (a JSON array of names) and meta (a JSON object), NULL when none were given; the
+    # lease holder's last progress report (migration 0010).
+    Column("tags", JsonOrNull, nullable=True),
+    Column("meta", JsonOrNull, nullable=True),
+    Column("progress", Float, nullable=True),
+    Column("progress_message", String(PROGRESS_MESSAGE_CHARS), nullable=True),
+    Column("progress_at", Timestamp, nullable=True),
     CheckConstraint(f"state IN ({_states})", name="state"),
     CheckConstraint("attempts >= 0 AND attempts <= max_attempts", name="attempts"),
     # An idempotency key is unique within its queue (migration 0005): a producer of one
@@ -222,6 +236,16 @@ Index("ix_jobq_jobs_running_key", jobs.c.concurrency_key,
 _PENDING_KEYED = "state = 'pending' AND concurrency_key IS NOT NULL"
 Index("ix_jobq_jobs_pending_keyed", jobs.c.queue,
       postgresql_where=text(_PENDING_KEYED), sqlite_where=text(_PENDING_KEYED))
+# ``GET /jobs?tag=``: on PostgreSQL a GIN index (jsonb_path_ops, which serves ``@>``) over the
+# tagged jobs only. SQLite has no index that a JSON array's elements can use: there the filter
+# is a json_each() per row, read newest first until the page is full (store/queries.py).
+Index(
+    "ix_jobq_jobs_tags",
+    jobs.c.tags,
+    postgresql_using="gin",
+    postgresql_ops={"tags": "jsonb_path_ops"},
+    postgresql_where=text("tags IS NOT NULL"),
+).ddl_if(dialect="postgresql")
 
 attempts = Table(
     "jobq_attempts",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -62,7 +63,8 @@ async def execute(task: Task, payload: Any, ctx: JobContext,
 
 
 async def run_claimed(claimed: ClaimedJob, registry: TaskRegistry, worker_id: str,
-                      stopped: threading.Event, backoff: Backoff | None = None) -> Outcome:
+                      stopped: threading.Event, backoff: Backoff | None = None,
+                      report: Callable[[float, str | None], None] | None = None) -> Outcome:
     """A claimed job's Outcome: its handler run with its context. A task type this worker has
     no handler for is a Failure too (the job may be retried by a worker that has one)."""
     job, lease = claimed.job, claimed.lease
@@ -78,5 +80,6 @@ async def run_claimed(claimed: ClaimedJob, registry: TaskRegistry, worker_id: st
     ctx = JobContext(
         job_id=job.id, attempt=lease.attempt, max_attempts=lease.max_attempts,
         queue=job.queue, task_type=job.task_type, worker_id=worker_id, stopped=stopped,
+        report=report,
     )
     return await execute(task, payload, ctx, backoff)

@@ -25,6 +25,7 @@ from jobq.types import ClaimedJob
 from jobq.worker.db import Db
 from jobq.worker.executor import run_claimed
 from jobq.worker.loop import jittered, sleep
+from jobq.worker.progress import ProgressReports
 from jobq.worker.slots import Running, Slots, fence_at
 
 log = logging.getLogger("jobq.worker")
@@ -103,14 +104,18 @@ class Fetcher:
         slot. A cancellation the worker did not ask for propagates (and frees nothing)."""
         lease = running.claimed.lease
         began = time.monotonic()
+        reports = ProgressReports(self.store, self.db, lease)
         try:
             outcome = await run_claimed(running.claimed, self.registry, self.worker_id,
-                                        running.stopped, self.backoff)
+                                        running.stopped, self.backoff, reports.report)
         except asyncio.CancelledError:
+            reports.drop()
             if not running.taken_away:
                 raise
             outcome = None
         metrics.ended(running.claimed, outcome, time.monotonic() - began)
         if outcome is not None and not running.taken_away:
+            await reports.flush()  # the last report is written before the outcome
             self.slots.outbox.put(lease, outcome)
+        reports.drop()
         self.slots.finish(lease.token)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import delete
 
@@ -261,3 +262,41 @@ def test_async_client(url: str, store: SqlStore) -> None:
             assert (await q.cancel(batch[0].job.id)).state is JobState.CANCELLED
 
     asyncio.run(main())
+
+
+def test_wait_is_one_long_poll_not_a_poll_loop(url: str, store: SqlStore) -> None:
+    gets: list[str] = []
+    http = httpx.Client(base_url=url, timeout=30,
+                        event_hooks={"request": [lambda r: gets.append(str(r.url))]})
+    with jobq.Client(url, http=http) as q:
+        job = q.enqueue("echo", "x").job
+        gets.clear()
+        timer = threading.Timer(1.0, run_one, (store, "ok"))
+        timer.start()
+        try:
+            done = q.wait(job.id, timeout=20)
+        finally:
+            timer.join()
+        assert done.state is JobState.DONE
+        assert len(gets) == 1 and "wait=20.000" in gets[0], gets
+        started = time.monotonic()
+        pending = q.enqueue("echo", "y", delay_seconds=3600).job
+        assert q.wait(pending.id, timeout=0.5).state is JobState.PENDING
+        assert 0.45 <= time.monotonic() - started < 3
+    http.close()
+
+
+def test_tags_meta_and_progress_over_http(q: jobq.Client, store: SqlStore) -> None:
+    made = q.enqueue("echo", 1, tags=["red"], meta={"by": "ana"}).job
+    (other,) = q.enqueue_many([{"task_type": "echo", "tags": ["blue"]}])
+    assert (made.tags, made.meta) == (("red",), {"by": "ana"})
+    assert [j.id for j in q.list_jobs(tag="red").items] == [made.id]
+    assert [j.id for j in q.list_jobs(tag="blue").items] == [other.job.id]
+    (claimed,) = store.claim("w", ["default"], 1, 30)
+    store.set_progress(claimed.lease, 0.25, "a quarter")
+    got = q.get(claimed.job.id)
+    assert (got.progress, got.progress_message) == (0.25, "a quarter")
+    assert got.progress_at is not None
+    with pytest.raises(InvalidJob) as err:
+        q.enqueue("echo", tags=["not a name"])
+    assert err.value.field.startswith("tags")  # "tags.0": the item

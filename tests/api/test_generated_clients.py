@@ -145,9 +145,13 @@ def test_document_says_what_generators_need(document: Path) -> None:
     operations = {(path, method): op for path, item in doc["paths"].items()
                   for method, op in item.items()}
     # Each generated function is named after its operationId: the route's own name.
-    assert sorted(op["operationId"] for op in operations.values()) == sorted(
+    # (Less the typed path of each task with a payload model that this process imported.)
+    assert sorted(op["operationId"] for (path, _), op in operations.items()
+                  if not (path.startswith("/tasks/") and path.endswith("/jobs")
+                          and path != "/tasks/{task_type}/jobs")) == sorted(
         [*PY_OPERATIONS, "stats", "healthz", "list_schedules", "list_queues", "pause_queue",
-         "resume_queue", "list_tasks", "submit_task_job", "cancel_jobs", "retry_jobs", "metrics", "set_queue_limits"])
+         "resume_queue", "list_tasks", "submit_task_job", "cancel_jobs", "retry_jobs", "metrics",
+         "set_queue_limits"])
     for (path, method), op in operations.items():
         for status, response in op["responses"].items():
             if int(status) >= 400:  # problems, under the media type the server sends

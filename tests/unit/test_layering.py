@@ -27,7 +27,7 @@ LAYER_OF = {
     "keys": "domain", "retry": "domain", "registry": "domain", "builtin_tasks": "domain",
     "schedules": "domain", "payloads": "domain", "metrics": "domain",
     "store": "store", "migrations": "migrations",
-    "service": "service", "coalesce": "service",
+    "service": "service", "coalesce": "service", "waits": "service",
     "worker": "worker",
     "api": "api",
     "bench": "tools", "chaos": "tools", "harness": "tools", "testing": "tools",
