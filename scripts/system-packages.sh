@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The system packages the tests need besides PostgreSQL: pgbouncer (tests/distributed/
-# test_pgbouncer.py) and iptables (the partition tests). Idempotent, and quick when both are
+# test_pgbouncer.py), iptables (the partition tests) and chromium (tests/dashboard's browser
+# tests drive Debian's build with Playwright; never a browser Playwright downloads). Idempotent, and quick when both are
 # installed; a failed install fails loudly. Debian/Ubuntu (apt-get).
 set -euo pipefail
 # Debian puts both in /usr/sbin, which a non-root PATH often lacks.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
-have_all() { command -v pgbouncer >/dev/null && command -v iptables >/dev/null; }
+have_all() { command -v pgbouncer >/dev/null && command -v iptables >/dev/null \
+  && [ -x /usr/bin/chromium ]; }
 if have_all; then
   exit 0
 fi
@@ -19,14 +21,14 @@ fi
 running_pgbouncers() { { pgrep -a -x pgbouncer || true; } | awk '/\/etc\/pgbouncer\//{print $1}' | sort; }
 
 before="$(running_pgbouncers)"
-echo "==> installing pgbouncer and iptables (apt-get)"
+echo "==> installing pgbouncer, iptables and chromium (apt-get)"
 if ! "${SUDO[@]}" apt-get update -q \
-   || ! DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q pgbouncer iptables; then
-  echo "FATAL: could not install pgbouncer and iptables; the tests need them." >&2
+   || ! DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q pgbouncer iptables chromium; then
+  echo "FATAL: could not install pgbouncer, iptables and chromium; the tests need them." >&2
   exit 1
 fi
 if ! have_all; then
-  echo "FATAL: pgbouncer or iptables still missing after the install." >&2
+  echo "FATAL: pgbouncer, iptables or chromium still missing after the install." >&2
   exit 1
 fi
 

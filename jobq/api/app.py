@@ -16,6 +16,7 @@ from jobq.api.openapi import install_openapi
 from jobq.api.problems import install_problem_handlers, problem_response
 from jobq.api.routes import jobs, monitoring, queues
 from jobq.api.tasks import tasks
+from jobq.dashboard import install_dashboard
 from jobq.service import JobService
 from jobq.settings import Settings, load_settings
 
@@ -131,4 +132,5 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
     app.include_router(monitoring)
     app.include_router(queues)
     app.include_router(tasks)
+    install_dashboard(app)  # /dashboard: HTML pages, their own session and CSRF checks
     return app

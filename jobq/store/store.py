@@ -9,6 +9,7 @@ from typing import Any
 from jobq.settings import Settings
 
 from jobq.store.api_keys import ApiKeys
+from jobq.store.dashboard import DashboardReads
 from jobq.store.enqueue import Enqueue
 from jobq.store.leases import Leases
 from jobq.store.maintenance import Maintenance
@@ -21,7 +22,7 @@ from jobq.store.tooling import Tooling
 
 
 class SqlStore(Enqueue, Queries, Leases, BulkOperator, Queues, Maintenance, Schedules, ApiKeys,
-               Tooling, Progress):
+               Tooling, Progress, DashboardReads):
     """Jobs, attempts, workers, queues, schedules and API keys in a SQL database. Thread-safe; one per
     process. Made by ``open_store``."""
 

@@ -29,7 +29,7 @@ LAYER_OF = {
     "store": "store", "migrations": "migrations",
     "service": "service", "coalesce": "service", "waits": "service",
     "worker": "worker",
-    "api": "api",
+    "api": "api", "dashboard": "api",
     "bench": "tools", "chaos": "tools", "harness": "tools", "testing": "tools",
     "cli": "entry", "client": "entry", "__main__": "entry", "__init__": "entry",
 }
