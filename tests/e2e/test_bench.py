@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PG_ADMIN_URL
 from procs import REPO
+
+#: The admin URL the suite uses (tests/conftest.py reads the same variable).
+PG_ADMIN_URL = os.environ.get("JOBQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 pytestmark = pytest.mark.slow
 
