@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from jobq.errors import Cancel, Snooze
+from jobq.errors import Cancel, JobTimeout, Snooze
 from jobq.registry import JobContext, task
 from jobq.schedules import schedule
 
@@ -12,8 +12,8 @@ if TYPE_CHECKING:
     from jobq.client import AsyncClient, Client
     from jobq.service import JobService
 
-__all__ = ["task", "schedule", "JobContext", "Snooze", "Cancel", "connect", "Client",
-           "AsyncClient"]
+__all__ = ["task", "schedule", "JobContext", "Snooze", "Cancel", "JobTimeout", "connect",
+           "Client", "AsyncClient"]
 __version__ = "0.1.0"
 
 

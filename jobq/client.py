@@ -46,7 +46,7 @@ T = TypeVar("T")
 #: which the server takes from the API key).
 _OPTIONS = ("queue", "priority", "max_attempts", "run_at", "delay_seconds", "idempotency_key",
             "unique_key", "unique_for", "concurrency_key", "concurrency_limit", "tags",
-            "meta")
+            "meta", "timeout_seconds")
 
 #: The longest wait of one ``GET /jobs/{id}?wait=`` (the server's bound): ``wait`` makes as
 #: many such long polls as its timeout needs.
@@ -78,7 +78,8 @@ class _Calls:
         """Submit a job (``POST /jobs``): an ``EnqueueResult``, ``created`` False when an
         identical request with the same idempotency key or a live job with the same unique
         key was there. ``options``: queue, priority, max_attempts, run_at, delay_seconds,
-        idempotency_key, unique_key, unique_for, tags, meta."""
+        idempotency_key, unique_key, unique_for, concurrency_key, concurrency_limit,
+        timeout_seconds, tags, meta."""
         return self._send(_Call("POST", "/jobs", _enqueued, json=_spec(task_type, payload,
                                                                          options)))
 
@@ -289,7 +290,7 @@ def job_of(body: Mapping[str, Any]) -> Job:
         concurrency_limit=body.get("concurrency_limit"),
         attempt_log=attempts, tags=tuple(body.get("tags") or ()), meta=body.get("meta") or {},
         progress=body.get("progress"), progress_message=body.get("progress_message"),
-        progress_at=_time(body.get("progress_at")),
+        progress_at=_time(body.get("progress_at")), timeout_seconds=body.get("timeout_seconds"),
     )
 
 

@@ -129,6 +129,16 @@ class Cancel(HandlerSignal):
         self.reason = reason
 
 
+class JobTimeout(Exception):
+    """What a task's ``retry_on``/``discard_on`` see of an attempt that ran past its timeout:
+    ``discard_on=[jobq.JobTimeout]`` fails such a job at once; with a ``retry_on`` list, a
+    timeout retries only when this is in it. Never raised into the handler."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the attempt ran past its timeout of {seconds:g}s")
+        self.seconds = seconds
+
+
 # -- API keys ---------------------------------------------------------------------------------
 
 

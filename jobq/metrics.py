@@ -108,6 +108,8 @@ def ended(claimed: ClaimedJob, outcome: Outcome | None, seconds: float) -> None:
     elif isinstance(outcome, Failure):
         spent = claimed.lease.attempt >= claimed.lease.max_attempts
         (FAILED if outcome.final or spent else RETRIED).labels(*labels).inc()
+        if outcome.timed_out:
+            TIMED_OUT.labels(*labels).inc()
     elif isinstance(outcome, Snoozed):
         SNOOZED.labels(*labels).inc()
     elif isinstance(outcome, Cancelled):

@@ -19,7 +19,7 @@ from jobq.errors import ConfigError, InvalidJob, UnknownTask
 from jobq.retry import DEFAULT_MAX_SNOOZES, RetryPolicy, retry_policy
 from jobq.schedules import InvalidSchedule, Schedule, make_schedule
 from jobq.settings import NAME_PATTERN
-from jobq.types import CONCURRENCY_RANGE
+from jobq.types import CONCURRENCY_RANGE, check_timeout
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,16 @@ class Task:
     #: fixed name), and how many with one key may run at once (store/limits.py).
     concurrency_key: Callable[[Any], Any] | str | None = None
     concurrency_limit: int | None = None
+    #: How long one attempt may run (None: the worker's JOBQ_TIMEOUT_SECONDS); and where the
+    #: handler runs: None (an async def on the worker's event loop, a def on a thread) or
+    #: "process" (a child process, which a timeout or a cancel can really stop:
+    #: jobq/worker/processes.py).
+    timeout_seconds: float | None = None
+    isolation: str | None = None
+
+
+#: The values of ``isolation``.
+ISOLATIONS = (None, "process")
 
 
 def _wants_context(name: str, fn: Callable[..., Any]) -> bool:
@@ -104,6 +114,7 @@ class TaskRegistry:
         max_snoozes: int = DEFAULT_MAX_SNOOZES,
         concurrency_key: Callable[[Any], Any] | str | None = None,
         concurrency_limit: int | None = None,
+        timeout_seconds: float | None = None, isolation: str | None = None,
     ) -> Task:
         # fullmatch: with re.match, "$" also matches before a trailing newline ("name\n").
         if not re.fullmatch(NAME_PATTERN, name):
@@ -119,6 +130,14 @@ class TaskRegistry:
                                                 or isinstance(concurrency_key, str)):
             raise ValueError(f"task {name!r}: concurrency_key must be a function of the "
                              "payload or a string")
+        if timeout_seconds is not None:
+            timeout_seconds = check_timeout(f"task {name!r}: timeout_seconds", timeout_seconds)
+        if isolation not in ISOLATIONS:
+            raise ValueError(f"task {name!r}: isolation must be None or 'process', not "
+                             f"{isolation!r}")
+        if isolation == "process" and getattr(fn, "__module__", "__main__") == "__main__":
+            raise ValueError(f"task {name!r}: isolation='process' needs the handler in a "
+                             "module the child processes can import, not in __main__")
         try:
             policy = retry_policy(retry_on, discard_on, backoff_base, backoff_cap, backoff,
                              max_snoozes)
@@ -137,6 +156,8 @@ class TaskRegistry:
             payload_model=payloads.payload_model(fn),
             concurrency_key=concurrency_key,
             concurrency_limit=concurrency_limit,
+            timeout_seconds=timeout_seconds,
+            isolation=isolation,
         )
         self._tasks[name] = task
         return task
@@ -203,6 +224,9 @@ def task(
     # A serial lane per key across the cluster (store/limits.py).
     concurrency_key: Callable[[Any], Any] | str | None = None,
     concurrency_limit: int | None = None,
+    # How long an attempt may run, and where it runs (jobq/worker/executor.py).
+    timeout_seconds: float | None = None,
+    isolation: str | None = None,
     # A periodic job of this task (more, or with more options: ``jobq.schedule``).
     schedule: str | timedelta | None = None,
     every: timedelta | float | None = None,
@@ -226,6 +250,13 @@ def task(
     key run at once across the cluster, a serial lane per account; a job's own
     ``concurrency_key`` at enqueue replaces the task's.
 
+    ``timeout_seconds``: an attempt running longer is stopped and ends with outcome
+    ``timeout`` (retried or failed like an error); default the worker's JOBQ_TIMEOUT_SECONDS,
+    and a job's own ``timeout_seconds`` replaces both. An async def is cancelled; a def
+    cannot be: its thread is abandoned (``ctx.stopped`` is set, so a handler that looks at it
+    can return). ``isolation="process"`` runs the handler in a child process instead, which a
+    timeout (or a cancel of the running job) terminates, then kills after a grace period.
+
     ``schedule="*/5 * * * *"`` (cron, in ``schedule_tz``, default UTC) or
     ``schedule=timedelta(seconds=30)`` / ``every=30`` (an interval) also enqueues a job of
     it at every tick, with ``schedule_payload``, under the schedule name ``name``
@@ -238,7 +269,8 @@ def task(
             name, fn, max_attempts=max_attempts, retry_on=retry_on, discard_on=discard_on,
             backoff_base=backoff_base, backoff_cap=backoff_cap, backoff=backoff,
             max_snoozes=max_snoozes, concurrency_key=concurrency_key,
-            concurrency_limit=concurrency_limit,
+            concurrency_limit=concurrency_limit, timeout_seconds=timeout_seconds,
+            isolation=isolation,
         )
         if periodic is not None:
             default_registry.add_schedule(periodic)

@@ -121,6 +121,7 @@ class JobService:
         concurrency_limit: int | None = None,
         tags: Sequence[str] = (),
         meta: Mapping[str, Any] | None = None,
+        timeout_seconds: float | None = None,
         allowed_queues: Collection[str] | None = None,
         connection: Any = None,
     ) -> EnqueueResult:
@@ -138,6 +139,8 @@ class JobService:
 
         ``concurrency_key``: at most ``concurrency_limit`` (default: the task's, else 1)
         jobs with that key run at once across the cluster; default: the task's key.
+        ``timeout_seconds``: how long one attempt may run (default: the task's, else
+        JOBQ_TIMEOUT_SECONDS); past it the attempt ends with outcome ``timeout``.
         ``tags`` (at most 10 names) and ``meta`` (a JSON object of at most 4 KiB) are kept
         with the job, for finding it (``list_jobs(tag=)``) and labelling it.
 
@@ -151,7 +154,7 @@ class JobService:
             run_at=run_at, delay_seconds=delay_seconds, idempotency_key=idempotency_key,
             unique_key=unique_key, unique_for=unique_for, concurrency_key=concurrency_key,
             concurrency_limit=concurrency_limit, tags=tags, meta=meta,
-            allowed_queues=allowed_queues,
+            timeout_seconds=timeout_seconds, allowed_queues=allowed_queues,
         )
         if connection is not None:
             try:
@@ -244,6 +247,7 @@ class JobService:
         concurrency_limit: int | None = None,
         tags: Sequence[str] = (),
         meta: Mapping[str, Any] | None = None,
+        timeout_seconds: float | None = None,
         allowed_queues: Collection[str] | None = None,
     ) -> NewJob:
         if allowed_queues is not None and queue not in allowed_queues:
@@ -271,6 +275,7 @@ class JobService:
             concurrency_limit=concurrency_limit,
             tags=tags,
             meta=None if meta is None else dict(meta) if isinstance(meta, Mapping) else meta,
+            timeout_seconds=timeout_seconds,
         )
 
     # ``allowed_queues`` (where taken): the queues the caller may see, from its API key; None

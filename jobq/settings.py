@@ -103,6 +103,16 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, le=3600, description="Time running jobs get to finish on SIGTERM."
     )
+    timeout_seconds: float = Field(
+        1800.0, ge=0, le=7 * 86400, description="How long one attempt of a job may run "
+        "unless its task or the job says otherwise; past it the attempt ends with outcome "
+        "timeout and is retried or failed like an error. 0: no default timeout."
+    )
+    max_abandoned_threads: int = Field(
+        10, ge=0, le=1000, description="A def handler stopped by a timeout or a cancel "
+        "cannot be killed: its thread is abandoned. With this many still running, the worker "
+        "stops gracefully and starts again as a fresh process. 0: never."
+    )
     auto_migrate: bool = Field(True, description="Apply pending migrations at start.")
     db_pool_size: int = Field(10, ge=1, le=200, description="Connections kept per process.")
     db_max_overflow: int = Field(10, ge=0, le=200, description="Extra connections under load.")

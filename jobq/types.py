@@ -85,6 +85,9 @@ class AttemptOutcome(str, enum.Enum):
     #: migration, and an older jobq reading the log would not know one.
     RELEASED = "released"
     CANCELLED = "cancelled"  # the job was cancelled while it ran, or by its handler (Cancel)
+    #: The handler ran past its timeout and was stopped (migration 0011); retried or failed
+    #: like an error.
+    TIMEOUT = "timeout"
 
     def __str__(self) -> str:
         return self.value
@@ -141,6 +144,8 @@ class Job:
     progress: float | None = None
     progress_message: str | None = None
     progress_at: datetime | None = None
+    #: Its own timeout (migration 0011); None: its task's, else the worker's default.
+    timeout_seconds: float | None = None
     attempt_log: tuple[Attempt, ...] = field(default=())
 
 
@@ -168,6 +173,9 @@ class NewJob:
     concurrency_limit: int | None = None
     tags: tuple[str, ...] = ()
     meta: dict[str, Any] | None = None
+    #: How long one attempt may run before it is stopped (outcome ``timeout``); None: the
+    #: task's ``timeout_seconds``, else the worker's JOBQ_TIMEOUT_SECONDS.
+    timeout_seconds: float | None = None
 
     def __post_init__(self) -> None:
         for name, value in (("task_type", self.task_type), ("queue", self.queue)):
@@ -219,12 +227,31 @@ class NewJob:
             _in_range("concurrency_limit", self.concurrency_limit, *CONCURRENCY_RANGE)
         elif self.concurrency_limit is not None:
             raise InvalidJob("concurrency_limit", "needs a concurrency_key")
+        if self.timeout_seconds is not None:
+            check_timeout("timeout_seconds", self.timeout_seconds, InvalidJob)
         try:
             check_json_value(self.payload)
         except ValueError as exc:
             raise InvalidJob("payload", str(exc)) from None
         if self.tags != () or self.meta is not None:
             _check_tags_and_meta(self)
+
+
+#: The longest timeout of one attempt: a week. Work that takes longer should be split into
+#: jobs (or checkpoint with progress and snooze), not bet on one attempt.
+MAX_TIMEOUT_SECONDS = 7 * 86400.0
+
+
+def check_timeout(name: str, value: Any, error: Any = None) -> float:
+    """A timeout in seconds: a number above 0 and at most MAX_TIMEOUT_SECONDS. Raises
+    ``error(name, why)`` (InvalidJob for a job's, ValueError for a task's)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and 0 < value <= MAX_TIMEOUT_SECONDS):
+        why = f"must be a number above 0 and at most {MAX_TIMEOUT_SECONDS:.0f} (seconds)"
+        if error is None:
+            raise ValueError(f"{name} {why}")
+        raise error(name, why)
+    return float(value)
 
 
 #: At most this many tags per job, each a NAME_PATTERN name; ``meta`` at most this many bytes
@@ -313,6 +340,8 @@ class Failure:
     final: bool = False
     #: Seconds before the retry, from the task's backoff; None: the worker's default backoff.
     retry_delay: float | None = None
+    #: The attempt ran past its timeout and was stopped (its outcome: ``timeout``).
+    timed_out: bool = False
 
 
 @dataclass(frozen=True)

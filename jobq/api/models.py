@@ -27,6 +27,7 @@ from jobq.types import (
     MAX_DELAY_SECONDS,
     MAX_META_BYTES,
     MAX_TAGS,
+    MAX_TIMEOUT_SECONDS,
     NAME_PATTERN,
     PRIORITY_RANGE,
     AttemptOutcome,
@@ -107,6 +108,12 @@ class _JobSpec(BaseModel):
         None, ge=1, le=100_000,
         description="How many jobs with its concurrency_key may run at once; default: the "
         "task's, else 1.",
+    )
+    timeout_seconds: float | None = Field(
+        None, gt=0, le=MAX_TIMEOUT_SECONDS,
+        description="How long one attempt may run; past it the attempt ends with outcome "
+        "timeout and is retried or failed like an error. Default: the task's, else the "
+        "worker's JOBQ_TIMEOUT_SECONDS.",
     )
 
     @field_validator("priority", "max_attempts", "concurrency_limit", mode="before")
@@ -193,7 +200,7 @@ class EnqueueRequest(_JobSpec):
     )
 
     @field_validator("priority", "max_attempts", "delay_seconds", "unique_for",
-                     "concurrency_limit", mode="before")
+                     "concurrency_limit", "timeout_seconds", mode="before")
     @classmethod
     def _json_number(cls, value: Any) -> Any:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -309,6 +316,8 @@ class JobOut(_Out):
         description="The handler's last progress report, 0 to 1 (`ctx.progress`).")
     progress_message: str | None
     progress_at: datetime | None = Field(description="When it was reported.")
+    timeout_seconds: float | None = Field(
+        None, description="Its own timeout of an attempt, if it was given one.")
 
 
 class BatchJobOut(JobOut):

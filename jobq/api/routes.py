@@ -195,6 +195,7 @@ def _spec(spec: EnqueueRequest | EnqueueQuery) -> dict[str, Any]:
         "unique_for": spec.unique_for,
         "concurrency_key": spec.concurrency_key,
         "concurrency_limit": spec.concurrency_limit,
+        "timeout_seconds": spec.timeout_seconds,
         # The JSON body only: the query form has no lists or objects.
         "tags": getattr(spec, "tags", None) or (),
         "meta": getattr(spec, "meta", None),

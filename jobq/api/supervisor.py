@@ -19,6 +19,9 @@ from typing import Any
 
 from jobq.settings import Settings
 
+#: worker.RESTART_EXIT_CODE (not imported: the supervisor stays light).
+RESTART_EXIT_CODE = 75
+
 log = logging.getLogger("jobq.supervisor")
 
 
@@ -42,7 +45,8 @@ def child_main(kind: str, settings_data: dict[str, Any], parent_pid: int, index:
     if kind == "worker":
         from jobq.worker import run_worker
 
-        raise SystemExit(run_worker(settings))
+        # A worker that asks to start afresh exits (RESTART_EXIT_CODE) and is restarted.
+        raise SystemExit(run_worker(settings, exec_restart=False))
     if kind == "api":
         from jobq.api.server import serve_api
 
@@ -112,6 +116,11 @@ class Supervisor:
             for child in self.children:
                 p = child.process
                 if p is not None and not p.is_alive():
+                    if p.exitcode == RESTART_EXIT_CODE:  # asked for: no crash, no delay
+                        log.warning("%s (pid %s) stopped to start afresh; restarting",
+                                    child.name, p.pid)
+                        self._start(child)
+                        continue
                     quick = time.monotonic() - child.started_at < 5
                     child.restarts += 1
                     log.error("%s (pid %s) exited with %s; restarting", child.name, p.pid,

@@ -150,15 +150,17 @@ class Leases(Limits):
     @translate
     def fail(
         self, lease: Lease, error: str, tb: str, retry_delay_seconds: float, *,
-        final: bool = False,
+        final: bool = False, outcome: AttemptOutcome = AttemptOutcome.ERROR,
     ) -> JobState | None:
         """running → pending (after ``retry_delay_seconds``) or, with no attempts left or
-        ``final`` (the task does not retry this error), failed.
+        ``final`` (the task does not retry this error), failed. The attempt is logged with
+        ``outcome``: ``error`` (the handler raised) or ``timeout`` (it ran past its timeout).
 
         Returns the new state, or None when the lease was lost (the job is not changed).
         """
         with self.write() as conn:
-            return _fail(conn, self.dialect, lease, error, tb, retry_delay_seconds, final)
+            return _fail(conn, self.dialect, lease, error, tb, retry_delay_seconds, final,
+                         outcome)
 
     @translate
     def snooze(self, lease: Lease, seconds: float, max_snoozes: int) -> JobState | None:
@@ -318,7 +320,8 @@ def _picked(candidates: Select[Any]) -> Select[Any]:
 
 
 def _fail(conn: Connection, dialect: Dialect, lease: Lease, error: str, tb: str,
-          retry_delay_seconds: float, final: bool) -> JobState | None:
+          retry_delay_seconds: float, final: bool,
+          outcome: AttemptOutcome = AttemptOutcome.ERROR) -> JobState | None:
     """``Leases.fail`` in ``conn``'s transaction."""
     if final:
         values: dict[str, Any] = {"state": FAILED, "finished_at": db_now()}
@@ -338,8 +341,7 @@ def _fail(conn: Connection, dialect: Dialect, lease: Lease, error: str, tb: str,
     ).first()
     if row is None:
         return None
-    attempt_log.record(conn, dialect, [_of_lease(lease, row.started_at)],
-                       AttemptOutcome.ERROR, error, tb)
+    attempt_log.record(conn, dialect, [_of_lease(lease, row.started_at)], outcome, error, tb)
     if row.state == FAILED:
         dialect.finished(conn, [lease.job_id])
     return JobState(row.state)

@@ -169,6 +169,8 @@ jobs = Table(
     Column("progress", Float, nullable=True),
     Column("progress_message", String(PROGRESS_MESSAGE_CHARS), nullable=True),
     Column("progress_at", Timestamp, nullable=True),
+    # Its own timeout of an attempt, NULL: its task's or the worker's (migration 0011).
+    Column("timeout_seconds", Float, nullable=True),
     CheckConstraint(f"state IN ({_states})", name="state"),
     CheckConstraint("attempts >= 0 AND attempts <= max_attempts", name="attempts"),
     # An idempotency key is unique within its queue (migration 0005): a producer of one

@@ -25,7 +25,16 @@ from jobq.errors import StoreUnavailable
 from jobq.retry import Backoff
 from jobq.settings import Settings
 from jobq.store import SqlStore
-from jobq.types import Cancelled, Failure, JobState, Lease, Outcome, Snoozed, Success
+from jobq.types import (
+    AttemptOutcome,
+    Cancelled,
+    Failure,
+    JobState,
+    Lease,
+    Outcome,
+    Snoozed,
+    Success,
+)
 from jobq.worker.db import Db
 from jobq.worker.loop import sleep
 from jobq.worker.slots import Outbox
@@ -106,7 +115,8 @@ class Completer:
         delay = (outcome.retry_delay if outcome.retry_delay is not None
                  else self.backoff.delay(lease.attempt))
         state = await self.db.write(
-            functools.partial(self.store.fail, final=outcome.final),
+            functools.partial(self.store.fail, final=outcome.final, outcome=(
+                AttemptOutcome.TIMEOUT if outcome.timed_out else AttemptOutcome.ERROR)),
             lease, outcome.error, outcome.traceback, delay,
         )
         if state is None:

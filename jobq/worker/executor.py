@@ -1,4 +1,15 @@
-"""Run one job's handler and classify what happened into an Outcome. No SQL here."""
+"""Run one job's handler and classify what happened into an Outcome. No SQL here.
+
+Where a handler runs: an ``async def`` on the worker's event loop, a ``def`` on one of the
+worker's threads (``threads.py``), and a task with ``isolation="process"`` in a child process
+(``processes.py``), where it is classified the same way and its Outcome sent back.
+
+A timeout (the job's ``timeout_seconds``, else its task's, else JOBQ_TIMEOUT_SECONDS) cancels
+the wait for the handler and ends the attempt as a Failure with ``timed_out``: an async
+handler is cancelled, a child process terminated (then killed), and a thread, which nothing
+can stop, is abandoned with ``ctx.stopped`` set (``threads.py`` counts it; the worker starts
+afresh past JOBQ_MAX_ABANDONED_THREADS).
+"""
 
 from __future__ import annotations
 
@@ -11,32 +22,87 @@ from typing import Any
 from pydantic import ValidationError
 
 from jobq import payloads
-from jobq.errors import Cancel, Snooze
+from jobq.errors import Cancel, JobTimeout, Snooze
 from jobq.jsonvalue import check_json_value, storable_text
 from jobq.registry import JobContext, Task, TaskRegistry
 from jobq.retry import Backoff
 from jobq.types import Cancelled, ClaimedJob, Failure, Outcome, Snoozed, Success
+from jobq.worker.processes import ProcessPool
 from jobq.worker.threads import HandlerThreads
 
-#: The threads of this process's sync handlers.
+#: The threads of this process's sync handlers, and its child processes.
 _threads = HandlerThreads()
+_processes = ProcessPool()
 
 
-async def execute(task: Task, payload: Any, ctx: JobContext,
-                  backoff: Backoff | None = None) -> Outcome:
-    """Call the handler; a return value is Success (it must be JSON), ``Snooze`` is Snoozed,
-    ``Cancel`` is Cancelled, any other exception is Failure: final when the task's policy
-    says it does not retry, else with the delay of the task's backoff (``backoff`` is the
-    worker's, for what the task leaves out; None: the completer's).
+def abandoned_threads() -> int:
+    """How many handler threads of this process still run a job that was taken from them."""
+    return _threads.abandoned()
+
+
+async def execute(task: Task, payload: Any, ctx: JobContext, backoff: Backoff | None = None,
+                  timeout: float | None = None, *, raw_payload: Any = None) -> Outcome:
+    """The handler's Outcome, within ``timeout`` seconds (None: no limit). ``backoff`` is
+    the worker's, for what the task leaves out (None: the completer's). ``raw_payload``: the
+    payload as stored, which a child process parses again (process isolation).
 
     asyncio.CancelledError is not an outcome: it propagates, because it means the worker took
     the job away (lease lost, job cancelled, or shutdown past the grace period).
     """
+    if task.isolation == "process":
+        run = _processes.run(task.fn.__module__, task.name, raw_payload, ctx, backoff)
+    else:
+        run = classified(task, payload, ctx, backoff)
+    if timeout is None:
+        return await run
+    current = asyncio.current_task()
+    assert current is not None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        ctx.stopped.set()  # a def handler that looks at it may stop by itself
+        current.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        return await run
+    except asyncio.CancelledError:
+        if not expired:
+            raise
+        uncancel = getattr(current, "uncancel", None)  # 3.11+: this cancel is handled here
+        if uncancel is not None:
+            uncancel()
+        return timed_out(task, ctx, backoff, timeout)
+    finally:
+        timer.cancel()
+
+
+def timed_out(task: Task, ctx: JobContext, backoff: Backoff | None, seconds: float) -> Failure:
+    """The Failure of an attempt stopped by its timeout: retried or not by the task's policy,
+    as if the handler had raised JobTimeout."""
+    exc = JobTimeout(seconds)
+    final = not task.policy.retries(exc)
+    return Failure(
+        error=f"JobTimeout: {exc}", traceback="", final=final, timed_out=True,
+        retry_delay=None if final or backoff is None else task.policy.delay(ctx.attempt, backoff),
+    )
+
+
+async def classified(task: Task, payload: Any, ctx: JobContext, backoff: Backoff | None,
+                     *, inline: bool = False) -> Outcome:
+    """Call the handler; a return value is Success (it must be JSON), ``Snooze`` is Snoozed,
+    ``Cancel`` is Cancelled, any other exception is Failure: final when the task's policy
+    says it does not retry, else with the delay of the task's backoff. ``inline``: a def runs
+    on this thread (in a child process, which has nothing else to do)."""
     args = (payload, ctx) if task.wants_context else (payload,)
     policy = task.policy
     try:
         if task.is_async:
             result = await task.fn(*args)
+        elif inline:
+            result = task.fn(*args)
         else:
             result = await _threads.run(task.fn, *args)
     except asyncio.CancelledError:
@@ -64,9 +130,11 @@ async def execute(task: Task, payload: Any, ctx: JobContext,
 
 async def run_claimed(claimed: ClaimedJob, registry: TaskRegistry, worker_id: str,
                       stopped: threading.Event, backoff: Backoff | None = None,
-                      report: Callable[[float, str | None], None] | None = None) -> Outcome:
-    """A claimed job's Outcome: its handler run with its context. A task type this worker has
-    no handler for is a Failure too (the job may be retried by a worker that has one)."""
+                      report: Callable[[float, str | None], None] | None = None,
+                      default_timeout: float | None = None) -> Outcome:
+    """A claimed job's Outcome: its handler run with its context, within its timeout (the
+    job's, else its task's, else ``default_timeout``). A task type this worker has no handler
+    for is a Failure too (the job may be retried by a worker that has one)."""
     job, lease = claimed.job, claimed.lease
     try:
         task = registry.get(job.task_type)
@@ -82,4 +150,10 @@ async def run_claimed(claimed: ClaimedJob, registry: TaskRegistry, worker_id: st
         queue=job.queue, task_type=job.task_type, worker_id=worker_id, stopped=stopped,
         report=report,
     )
-    return await execute(task, payload, ctx, backoff)
+    timeout = job.timeout_seconds or task.timeout_seconds or default_timeout or None
+    return await execute(task, payload, ctx, backoff, timeout, raw_payload=job.payload)
+
+
+def close_processes() -> None:
+    """End the idle child processes of process-isolated tasks (when the worker stops)."""
+    _processes.close()

@@ -107,7 +107,8 @@ class Fetcher:
         reports = ProgressReports(self.store, self.db, lease)
         try:
             outcome = await run_claimed(running.claimed, self.registry, self.worker_id,
-                                        running.stopped, self.backoff, reports.report)
+                                        running.stopped, self.backoff, reports.report,
+                                        self.settings.timeout_seconds or None)
         except asyncio.CancelledError:
             reports.drop()
             if not running.taken_away:

@@ -8,6 +8,11 @@ Reused rather than one per job, because starting a thread costs about as much as
 no-op job's share of the claim and the completion. A thread is started only when none is
 idle, so there are never more than the handlers running at once (at most the worker's
 concurrency, plus any handler abandoned while stuck); one idle for ``IDLE_SECONDS`` ends.
+
+A handler is abandoned when the worker stops waiting for it (its timeout, its job cancelled
+or its lease lost): nothing can stop a thread from outside, so it runs on until it returns,
+and its result is dropped. ``abandoned()`` counts those still running; the worker restarts
+itself past JOBQ_MAX_ABANDONED_THREADS (``worker.py``), so that they cannot pile up.
 """
 
 from __future__ import annotations
@@ -37,6 +42,15 @@ class HandlerThreads:
         # One permit per idle thread that no work has been promised to yet.
         self._idle = threading.Semaphore(0)
         self._started = 0
+        # The future each busy thread works for, by thread id (single dict operations, which
+        # the GIL keeps whole).
+        self._busy: dict[int, asyncio.Future[Any]] = {}
+
+    def abandoned(self) -> int:
+        """How many threads still run a handler whose caller stopped waiting (cancelled)."""
+        if self._pid != os.getpid():
+            return 0
+        return sum(1 for f in list(self._busy.values()) if f.cancelled())
 
     def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """``fn(*args)`` on one of the threads; the future (of the running loop) settles with
@@ -64,10 +78,14 @@ class HandlerThreads:
                 if self._idle.acquire(blocking=False):
                     return
                 continue
+            me = threading.get_ident()
+            self._busy[me] = future
             try:
                 ok, value = True, fn(*args)
             except BaseException as exc:  # noqa: BLE001 - handed to the loop as the outcome
                 ok, value = False, exc
+            finally:
+                self._busy.pop(me, None)
             # Idle before the caller hears of it: the next job, handed over as soon as it
             # does, then finds this thread rather than starting another.
             self._idle.release()

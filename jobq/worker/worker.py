@@ -8,6 +8,11 @@ Stop (SIGTERM/SIGINT, or ``stop()``): claim nothing more, give running jobs
 ``shutdown_grace_seconds`` to finish, release the rest back to pending without charging the
 attempt, write (or release) the outbox, deregister, exit 0. A second signal skips the rest of
 the grace period. A loop that crashed stops the worker the same way, with exit code 1.
+
+Restart: once JOBQ_MAX_ABANDONED_THREADS handler threads that timed out (or whose job was
+taken away) still run, nothing can stop them but the end of the process: the worker stops as
+above and ``run_worker`` starts it again as a fresh process (exec, same PID; under a
+supervisor, exit code ``RESTART_EXIT_CODE``, and the supervisor starts a new one).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -30,6 +36,7 @@ from jobq.store import SqlStore, open_store
 from jobq.types import WorkerRegistration
 from jobq.worker.completer import Completer
 from jobq.worker.db import Db
+from jobq.worker.executor import abandoned_threads, close_processes
 from jobq.worker.fetcher import Fetcher
 from jobq.worker.heartbeat import Heartbeat
 from jobq.worker.loop import run_loop, sleep
@@ -38,6 +45,9 @@ from jobq.worker.scheduler import Scheduler, declared
 from jobq.worker.slots import Outbox, Slots
 
 log = logging.getLogger("jobq.worker")
+
+#: A worker that stopped to start afresh (abandoned threads): its supervisor restarts it.
+RESTART_EXIT_CODE = 75
 
 
 def new_worker_id() -> str:
@@ -73,6 +83,18 @@ class Worker:
         self._stopping = asyncio.Event()  # stop claiming
         self._stopped = asyncio.Event()  # the other loops may end
         self._hurry = False  # a second signal: skip the rest of the grace period
+        self.restart = False  # stopped to start afresh: too many abandoned threads
+
+    async def watch_threads(self) -> float:
+        """Stop to start afresh once too many abandoned handler threads still run."""
+        limit = self.settings.max_abandoned_threads
+        n = abandoned_threads()
+        if limit and n >= limit and not self._stopping.is_set():
+            log.warning("%d handler thread(s) abandoned after a timeout or a cancel still run "
+                        "(JOBQ_MAX_ABANDONED_THREADS=%d): stopping to start afresh", n, limit)
+            self.restart = True
+            self.stop()
+        return 1.0
 
     def stop(self) -> None:
         """Begin a graceful stop; a second call cuts the grace period short."""
@@ -112,6 +134,7 @@ class Worker:
                 log.critical("worker loop crashed while stopping", exc_info=outcome)
                 exit_code = 1
         stopping.cancel()
+        close_processes()
         await self._deregister()
         self.db.close()
         log.info("worker %s stopped", self.worker_id)
@@ -133,6 +156,8 @@ class Worker:
             ("rescue", self.maintenance.rescue),
             ("prune", self.maintenance.prune),
         )]
+        side.append(asyncio.create_task(run_loop("threads", self.watch_threads,
+                                                 self._stopping)))
         if self.settings.scheduler_enabled and self.scheduler.schedules:
             # Ends with the claims: a stopping worker enqueues nothing more.
             side.append(asyncio.create_task(
@@ -202,8 +227,12 @@ def configure_logging(level: str) -> None:
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def run_worker(settings: Settings, *, worker_id: str | None = None) -> int:
-    """Entry point of one worker process: connect, migrate if asked, serve until stopped."""
+def run_worker(settings: Settings, *, worker_id: str | None = None,
+               exec_restart: bool = True) -> int:
+    """Entry point of one worker process: connect, migrate if asked, serve until stopped.
+    A worker that stopped to start afresh (see the module's docstring) is started again by
+    exec'ing this process's own command line (``exec_restart``), else exits with
+    RESTART_EXIT_CODE for its supervisor to start another."""
     configure_logging(settings.log_level)
     registry = load_registry(settings.tasks)
     if settings.metrics_port is not None:
@@ -211,6 +240,16 @@ def run_worker(settings: Settings, *, worker_id: str | None = None) -> int:
     store = open_store(settings)
     try:
         worker = Worker(store, registry, settings, worker_id=worker_id or new_worker_id())
-        return asyncio.run(worker.run())
+        code = asyncio.run(worker.run())
     finally:
         store.dispose()
+    if not (worker.restart and code == 0):
+        return code
+    if not exec_restart:
+        return RESTART_EXIT_CODE
+    log.warning("starting afresh: exec %s", " ".join(sys.orig_argv))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The abandoned threads end with this process image; the PID, and its supervisor, stay.
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])

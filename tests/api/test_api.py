@@ -42,7 +42,7 @@ JOB_KEYS = {
     "run_at", "idempotency_key", "worker_id", "lease_expires_at", "result", "last_error",
     "created_at", "started_at", "finished_at", "unique_key", "unique_for", "concurrency_key",
     "concurrency_limit",
-    "tags", "meta", "progress", "progress_message", "progress_at",
+    "tags", "meta", "progress", "progress_message", "progress_at", "timeout_seconds",
 }
 STATES = {"pending", "running", "done", "failed", "cancelled"}
 
@@ -245,6 +245,23 @@ def test_unique_for_without_unique_key_is_a_422(client: httpx.Client) -> None:
     assert "unique_for" in r.text
     r = client.post("/jobs", json={"task_type": "echo", "unique_key": "k", "unique_for": "5"})
     assert r.status_code == 422, r.text
+
+
+def test_a_job_timeout_is_stored_and_a_bad_one_is_a_422_that_stores_nothing(
+        client: httpx.Client, store: SqlStore) -> None:
+    r = client.post("/jobs", json={"task_type": "echo", "timeout_seconds": 2.5})
+    assert r.status_code == 201, r.text
+    assert r.json()["timeout_seconds"] == 2.5
+    assert store.get(r.json()["id"]).timeout_seconds == 2.5
+    assert client.post("/jobs", json={"task_type": "echo"}).json()["timeout_seconds"] is None
+    for bad in (0, -1, "5", True, 1e9):
+        r = client.post("/jobs", json={"task_type": "echo", "timeout_seconds": bad})
+        assert r.status_code == 422, (bad, r.text)
+        assert "timeout_seconds" in r.text
+    r = client.post("/jobs/batch", json={"jobs": [
+        {"task_type": "echo", "timeout_seconds": 1}, {"task_type": "echo", "timeout_seconds": 0}]})
+    assert r.status_code == 422, r.text
+    assert len(store.list_jobs(limit=10).items) == 2  # the two good single posts only
 
 
 def test_concurrent_requests_with_one_unique_key_create_one_job(

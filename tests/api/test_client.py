@@ -162,6 +162,10 @@ def test_errors_are_the_in_process_clients(
                    lambda: q.enqueue("echo", unique_for=5))
     assert isinstance(e, InvalidJob) and e.field == "unique_for"
 
+    e = same_error(lambda: service.enqueue("echo", timeout_seconds=0),
+                   lambda: q.enqueue("echo", timeout_seconds=0))
+    assert isinstance(e, InvalidJob) and e.field == "timeout_seconds"
+
     bad_batch = [{"task_type": "echo"}, {"task_type": "echo", "queue": "no spaces"}]
     e = same_error(lambda: service.enqueue_many(bad_batch), lambda: q.enqueue_many(bad_batch))
     assert isinstance(e, InvalidJob) and e.index == 1 and e.field == "queue"

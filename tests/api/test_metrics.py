@@ -92,13 +92,14 @@ def test_a_worker_serves_its_counters_and_histograms(
     assert [c.job.id for c in store.claim("w-ghost", ["default"], 1, 0.5)] == [ghost.id]
     done = [service.enqueue("echo", i).job.id for i in range(5)]
     failed = [service.enqueue("fail", i, max_attempts=2).job.id for i in range(2)]
+    late = service.enqueue("sleep", 60, max_attempts=1, timeout_seconds=0.2).job.id
     port = free_port()
     procs.worker(env_for(settings.database_url, JOBQ_METRICS_PORT=str(port),
                          JOBQ_TASKS="jobq.builtin_tasks", JOBQ_BACKOFF_BASE_SECONDS="0",
                          JOBQ_BACKOFF_CAP_SECONDS="0"))
 
     def all_final() -> bool:
-        return all(store.get(i).state.is_final for i in [ghost.id, *done, *failed])
+        return all(store.get(i).state.is_final for i in [ghost.id, *done, *failed, late])
 
     assert wait_until(all_final, 60), [store.get(i).state for i in [ghost.id, *done, *failed]]
     assert all(store.get(i).state is JobState.FAILED for i in failed)
@@ -123,4 +124,7 @@ def test_a_worker_serves_its_counters_and_histograms(
     assert value(m, "jobq_run_seconds_count", **echo) == 6
     assert value(m, "jobq_queue_wait_seconds_count", **fail) == 4
     assert value(m, "jobq_run_seconds_bucket", le="+Inf", **fail) == 4
+    sleep = {"queue": "default", "task": "sleep"}
+    assert value(m, "jobq_jobs_timed_out_total", **sleep) == 1
+    assert value(m, "jobq_jobs_failed_total", **sleep) == 1
     assert value(m, "process_cpu_seconds_total") is not None

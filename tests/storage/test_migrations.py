@@ -33,7 +33,7 @@ from jobq.store.migrate import (
     migrate,
 )
 from jobq.store.tables import attempts, jobs, metadata
-from jobq.types import JobState, NewJob
+from jobq.types import AttemptOutcome, JobState, NewJob
 
 TABLES = {"jobq_jobs", "jobq_attempts", "jobq_workers", "jobq_api_keys", "jobq_schedules",
           "jobq_queues"}
@@ -140,7 +140,7 @@ def _raw_job(engine: Engine, **given: Any) -> int:
 
 
 def test_head_is_a_single_known_revision() -> None:
-    assert head_revision() == "0010"
+    assert head_revision() == "0011"
 
 
 def test_migrate_twice_is_a_noop(fresh_url: Callable[[], str]) -> None:
@@ -350,6 +350,50 @@ def test_0010_adds_tags_meta_and_progress_and_keeps_every_job(
         assert "tags" not in {c["name"] for c in inspect(engine).get_columns("jobq_jobs")}
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM jobq_jobs")).scalar() == 2
+        migrate(engine)
+        assert _diffs(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_0011_adds_timeouts_and_keeps_every_job_and_attempt(
+        fresh_url: Callable[[], str]) -> None:
+    """From 0010 with a job and its failed attempt: the column comes, the old job has no
+    timeout of its own, its attempt stays (on SQLite the attempts table is rebuilt, its ids
+    kept), and a timed-out attempt can be written; back to 0010 it reads as an error."""
+    engine = _engine(fresh_url())
+    try:
+        migrate(engine, "0010")
+        old = _raw_job(engine, payload={"n": 1})
+        now = datetime.now(timezone.utc)
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO jobq_attempts (job_id, attempt, worker_id, lease_token, "
+                "started_at, finished_at, outcome, error) VALUES (:j, 1, 'w', :t, :s, :s, "
+                "'error', 'boom')"),
+                {"j": old, "t": "t" * 32,
+                 "s": now.timestamp() if engine.dialect.name == "sqlite" else now})
+        migrate(engine)
+        assert current_revision(engine) == head_revision()
+        assert _diffs(engine) == []
+        store = SqlStore(engine)
+        kept = store.get(old)
+        assert kept.timeout_seconds is None and [a.error for a in kept.attempt_log] == ["boom"]
+        job = store.enqueue(NewJob("echo", 2, timeout_seconds=1.5, max_attempts=1)).job
+        (claimed,) = [c for c in store.claim("w", ["default"], 5, 30) if c.job.id == job.id]
+        assert claimed.job.timeout_seconds == 1.5
+        assert store.fail(claimed.lease, "JobTimeout: late", "", 0,
+                          outcome=AttemptOutcome.TIMEOUT) is JobState.FAILED
+        assert [a.outcome for a in store.get(job.id).attempt_log] == [AttemptOutcome.TIMEOUT]
+        with engine.begin() as conn:  # the check still refuses what is no outcome
+            with pytest.raises(IntegrityError):
+                conn.execute(text("UPDATE jobq_attempts SET outcome = 'nope'"))
+        downgrade(engine, "0010")
+        with engine.connect() as conn:
+            assert sorted(conn.execute(text("SELECT outcome FROM jobq_attempts")).scalars()) \
+                == ["error", "error"]
+        assert "timeout_seconds" not in {
+            c["name"] for c in inspect(engine).get_columns("jobq_jobs")}
         migrate(engine)
         assert _diffs(engine) == []
     finally:

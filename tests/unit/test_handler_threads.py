@@ -126,3 +126,24 @@ def test_an_idle_thread_keeps_nothing_of_its_last_job() -> None:
         gc.collect()
         time.sleep(0.02)
     assert ref() is None
+
+
+def test_a_cancelled_handler_is_counted_abandoned_until_it_returns() -> None:
+    pool = HandlerThreads()
+    release = threading.Event()
+
+    async def go() -> int:
+        future = pool.run(release.wait, 10)
+        await asyncio.sleep(0.05)
+        future.cancel()  # a timeout or a cancel: the caller stops waiting
+        await asyncio.sleep(0)
+        during = pool.abandoned()
+        release.set()
+        for _ in range(200):
+            if pool.abandoned() == 0:
+                break
+            await asyncio.sleep(0.01)
+        return during
+
+    assert asyncio.run(go()) == 1
+    assert pool.abandoned() == 0

@@ -283,3 +283,35 @@ def test_snooze_and_cancel_are_exported_and_check_their_arguments() -> None:
     assert Cancel().reason
     with pytest.raises(TypeError):
         Cancel(42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    ({"timeout_seconds": 0}, "timeout_seconds must be a number above 0"),
+    ({"timeout_seconds": -1}, "timeout_seconds must be a number above 0"),
+    ({"timeout_seconds": float("nan")}, "timeout_seconds must be a number above 0"),
+    ({"timeout_seconds": 8 * 86400}, "timeout_seconds must be a number above 0"),
+    ({"timeout_seconds": "5"}, "timeout_seconds must be a number above 0"),
+    ({"timeout_seconds": True}, "timeout_seconds must be a number above 0"),
+    ({"isolation": "thread"}, "isolation must be None or 'process'"),
+    ({"isolation": "process"}, "needs the handler in a module"),  # a lambda of __main__?
+])
+def test_bad_timeout_and_isolation_are_refused_at_registration(options: dict[str, Any],
+                                                               says: str) -> None:
+    reg = TaskRegistry()
+
+    def handler(p: Any) -> Any:
+        return p
+
+    if options.get("isolation") == "process":
+        handler.__module__ = "__main__"  # as if declared in the script being run
+    with pytest.raises(ValueError, match=re.escape(says)):
+        reg.register("bad", handler, **options)
+    assert "bad" not in reg
+
+
+def test_a_task_keeps_its_timeout_and_isolation_and_jobtimeout_is_exported() -> None:
+    reg = TaskRegistry()
+    t = reg.register("t", lambda p: p, timeout_seconds=2, isolation="process")
+    assert (t.timeout_seconds, t.isolation) == (2.0, "process")
+    assert reg.register("u", lambda p: p).timeout_seconds is None
+    assert jobq.JobTimeout(1.5).seconds == 1.5 and "1.5s" in str(jobq.JobTimeout(1.5))

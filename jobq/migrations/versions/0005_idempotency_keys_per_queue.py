@@ -6,12 +6,7 @@ the first job is kept) and learn, from the 409, that a key exists elsewhere. Eve
 was valid stays valid: keys unique over all queues are unique within each.
 
 PostgreSQL swaps the constraint in place. SQLite cannot alter a constraint, so the table is
-rebuilt the way SQLite documents: a new table from the old one's own CREATE statement with
-the constraint changed, the rows copied with their ids, the old table dropped, the new one
-renamed, the old indexes created again from their own statements, and the AUTOINCREMENT
-counter kept, so that no id is ever handed out twice. (``migrate`` turns SQLite's foreign
-keys off around the transaction, or the DROP would delete every attempt, and checks every
-reference before it commits.) It copies every job once: about a second per million jobs.
+rebuilt (``jobq.migrations.rebuild``): it copies every job once, about a second per million.
 
 Revision ID: 0005
 Revises: 0004
@@ -20,9 +15,9 @@ Create Date: 2026-12-02
 
 from __future__ import annotations
 
-import re
-
 from alembic import op
+
+from jobq.migrations.rebuild import rebuild_sqlite_table
 
 revision = "0005"
 down_revision = "0004"
@@ -47,30 +42,4 @@ def _swap(old: str, new: str) -> None:
         drop = old.split()[1]
         op.execute(f"ALTER TABLE jobq_jobs DROP CONSTRAINT {drop}, ADD {new}")
         return
-    conn = op.get_bind()
-    if conn.exec_driver_sql("PRAGMA foreign_keys").scalar():
-        # The DROP below would delete every attempt (ON DELETE CASCADE).
-        raise RuntimeError("run this migration through jobq.store.migrate, which turns "
-                           "SQLite's foreign keys off around it")
-    create = conn.exec_driver_sql(
-        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'jobq_jobs'"
-    ).scalar_one()
-    if old not in create:
-        raise RuntimeError(f"jobq_jobs is not as this migration expects: no {old!r}")
-    indexes = [r[0] for r in conn.exec_driver_sql(
-        "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobq_jobs' "
-        "AND sql IS NOT NULL"  # the constraint's own index has none: it comes with the table
-    )]
-    counter = conn.exec_driver_sql(
-        "SELECT seq FROM sqlite_sequence WHERE name = 'jobq_jobs'"
-    ).scalar()
-    # After a rename SQLite keeps the name quoted: CREATE TABLE "jobq_jobs".
-    op.execute(re.sub(r'^CREATE TABLE\s+("?)jobq_jobs\1', "CREATE TABLE jobq_jobs_new", create)
-               .replace(old, new))
-    op.execute("INSERT INTO jobq_jobs_new SELECT * FROM jobq_jobs")
-    op.execute("DROP TABLE jobq_jobs")
-    op.execute("ALTER TABLE jobq_jobs_new RENAME TO jobq_jobs")
-    for sql in indexes:
-        op.execute(sql)
-    if counter is not None:
-        op.execute(f"UPDATE sqlite_sequence SET seq = {int(counter)} WHERE name = 'jobq_jobs'")
+    rebuild_sqlite_table("jobq_jobs", old, new)
