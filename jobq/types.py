@@ -141,6 +141,9 @@ class Job:
     progress: float | None = None
     progress_message: str | None = None
     progress_at: datetime | None = None
+    # The trace context of whoever enqueued it (migration 0012, ``jobq.tracing``): W3C
+    # traceparent (and tracestate) as JSON; its run's span continues that trace.
+    trace_context: str | None = None
     attempt_log: tuple[Attempt, ...] = field(default=())
 
 
@@ -168,6 +171,8 @@ class NewJob:
     concurrency_limit: int | None = None
     tags: tuple[str, ...] = ()
     meta: dict[str, Any] | None = None
+    #: The enqueuer's trace context (``jobq.tracing.current_context``); None: none.
+    trace_context: str | None = None
 
     def __post_init__(self) -> None:
         for name, value in (("task_type", self.task_type), ("queue", self.queue)):
@@ -225,6 +230,13 @@ class NewJob:
             raise InvalidJob("payload", str(exc)) from None
         if self.tags != () or self.meta is not None:
             _check_tags_and_meta(self)
+        if self.trace_context is not None:
+            tc = self.trace_context
+            why = text_problem(tc) if isinstance(tc, str) else "must be a string"
+            if why is None and not 1 <= len(tc) <= TRACE_CONTEXT_CHARS:
+                why = f"must be 1 to {TRACE_CONTEXT_CHARS} characters long"
+            if why:
+                raise InvalidJob("trace_context", why)
 
 
 #: At most this many tags per job, each a NAME_PATTERN name; ``meta`` at most this many bytes
@@ -233,6 +245,8 @@ MAX_TAGS = 10
 MAX_META_BYTES = 4096
 #: A progress report's message is cut to this many characters.
 PROGRESS_MESSAGE_CHARS = 500
+#: Most characters of a job's stored trace context (``jobq.tracing``).
+TRACE_CONTEXT_CHARS = 512
 
 
 def _check_tags_and_meta(new: NewJob) -> None:

@@ -299,6 +299,7 @@ def _values(new: NewJob, lanes: bool = False) -> dict[str, Any]:
         # NULL (not JSON null) when none were given: see tables.JsonOrNull.
         "tags": list(new.tags) if new.tags else None,
         "meta": new.meta or None,
+        "trace_context": new.trace_context,
     }
     if lanes:
         values["concurrency_key"] = new.concurrency_key

@@ -185,7 +185,8 @@ class Postgres:
             pg.insert(jobs)
             .from_select(
                 ["task_type", "payload", "queue", "priority", "max_attempts", "idempotency_key",
-                 *lane_columns, "state", "attempts", "run_at", "created_at", "tags", "meta"],
+                 *lane_columns, "state", "attempts", "run_at", "created_at", "tags", "meta",
+                 "trace_context"],
                 select(
                     v["task_type"].astext, v["payload"], v["queue"].astext,
                     cast(v["priority"].astext, Integer), cast(v["max_attempts"].astext, Integer),
@@ -197,6 +198,7 @@ class Postgres:
                     db_now(),
                     # A JSON null (no tags, no meta) is stored as SQL NULL (tables.JsonOrNull).
                     func.nullif(v["tags"], _JSON_NULL), func.nullif(v["meta"], _JSON_NULL),
+                    v["trace_context"].astext,  # JSON null: NULL
                 ).order_by(given.c.ord),
             )
             .on_conflict_do_nothing(index_elements=[jobs.c.queue, jobs.c.idempotency_key])

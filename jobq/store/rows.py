@@ -71,7 +71,7 @@ def created_job(new: NewJob, row: Any) -> Job:
         unique_key=new.unique_key, unique_for=new.unique_for,
         concurrency_key=new.concurrency_key, concurrency_limit=new.concurrency_limit,
         tags=new.tags, meta=dict(new.meta or {}), progress=None, progress_message=None,
-        progress_at=None,
+        progress_at=None, trace_context=new.trace_context,
     )
 
 

@@ -140,7 +140,7 @@ def _raw_job(engine: Engine, **given: Any) -> int:
 
 
 def test_head_is_a_single_known_revision() -> None:
-    assert head_revision() == "0010"
+    assert head_revision() == "0012"
 
 
 def test_migrate_twice_is_a_noop(fresh_url: Callable[[], str]) -> None:
@@ -348,6 +348,33 @@ def test_0010_adds_tags_meta_and_progress_and_keeps_every_job(
         assert ("ix_jobq_jobs_tags" in indexes) == (engine.dialect.name == "postgresql")
         downgrade(engine, "0007")
         assert "tags" not in {c["name"] for c in inspect(engine).get_columns("jobq_jobs")}
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM jobq_jobs")).scalar() == 2
+        migrate(engine)
+        assert _diffs(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_0012_adds_the_trace_context_and_keeps_every_job(fresh_url: Callable[[], str]) -> None:
+    """From 0010 with a job: the column comes (on SQLite without a rebuild) and the old job
+    has no trace context; a new job keeps its own; back to 0010 it goes and the jobs stay."""
+    engine = _engine(fresh_url())
+    try:
+        migrate(engine, "0010")
+        old = _raw_job(engine, payload={"n": 1}, queue="a")
+        migrate(engine)
+        assert current_revision(engine) == head_revision()
+        assert _diffs(engine) == []
+        store = SqlStore(engine)
+        assert store.get(old).trace_context is None
+        carrier = '{"traceparent":"00-' + "a" * 32 + "-" + "b" * 16 + '-01"}'
+        traced = store.enqueue(NewJob("echo", 2, trace_context=carrier)).job
+        assert traced.trace_context == carrier
+        assert store.get(traced.id).trace_context == carrier
+        downgrade(engine, "0010")
+        assert "trace_context" not in {
+            c["name"] for c in inspect(engine).get_columns("jobq_jobs")}
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM jobq_jobs")).scalar() == 2
         migrate(engine)
