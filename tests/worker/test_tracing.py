@@ -321,3 +321,27 @@ def test_a_bad_traceparent_is_ignored_and_never_an_error(
     # Without OpenTelemetry only the (checked) traceparent is kept.
     assert kept == ({"traceparent": TRACEPARENT, "tracestate": "a=b"} if enabled
                     else {"traceparent": TRACEPARENT})
+
+
+_WITHOUT_OTEL = """
+import sys
+sys.modules["opentelemetry"] = None  # as if not installed: every import of it fails
+import jobq.testing
+from jobq import tracing
+assert not tracing.ENABLED
+with jobq.testing.queue(tasks=["jobq.builtin_tasks"]) as q:
+    job = q.enqueue("echo", {"n": 1}).job
+    assert job.trace_context is None
+    drained = q.drain()
+    assert [j.result for j in drained.done] == [{"n": 1}], drained
+print("ran")
+"""
+
+
+def test_jobq_runs_jobs_where_opentelemetry_cannot_be_imported() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _WITHOUT_OTEL], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ran", out.stderr
