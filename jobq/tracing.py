@@ -11,7 +11,8 @@ while an ``async def`` handler runs, so the handler's own spans, and the jobs it
 are its children.
 
 Spans go to the global TracerProvider (``opentelemetry.trace.set_tracer_provider``), or to
-the one given to ``set_tracer_provider`` here; jobq configures no provider or exporter.
+the one given to ``set_tracer_provider`` here; jobq configures no provider or exporter. Until
+one is set, runs make no spans at all (a worker pays nothing per job for them).
 
 Without OpenTelemetry every function here is a no-op (``ENABLED`` False): jobq runs the same,
 and only a REST request's ``traceparent`` header, checked strictly, is kept.
@@ -55,6 +56,13 @@ def set_tracer_provider(provider: Any) -> None:
     global one; None: the global one again."""
     global _provider, _tracer
     _provider, _tracer = provider, None
+
+
+def _spans_go_somewhere() -> bool:
+    """A TracerProvider is set (here, or the global one): until then a run makes no span,
+    which costs nothing."""
+    return ENABLED and (_provider is not None or not isinstance(
+        trace.get_tracer_provider(), trace.ProxyTracerProvider))
 
 
 def _get_tracer() -> Any:
@@ -194,8 +202,9 @@ def run_span(job: Job, attempt: int | None = None) -> Iterator[RunSpan]:
     """A span ``jobq.run <task type>`` (kind CONSUMER) around a run of ``job`` (its attempt
     ``attempt``, default ``job.attempts``), current within the block, its parent the job's
     stored trace context (none: a root span). Give the outcome to the yielded ``ended``; a
-    block left by an exception (the worker took the job away) has an error status."""
-    if not ENABLED:
+    block left by an exception (the worker took the job away) has an error status. Without
+    OpenTelemetry, or before a TracerProvider is set, there is no span."""
+    if not _spans_go_somewhere():
         yield RunSpan()
         return
     parent = parent_context(job.trace_context)
@@ -230,7 +239,7 @@ def run_span(job: Job, attempt: int | None = None) -> Iterator[RunSpan]:
 
 async def traced(claimed: ClaimedJob, run: Awaitable[Outcome]) -> Outcome:
     """Await ``run`` (the claimed job's run) in its ``run_span``, and record its outcome."""
-    if not ENABLED:
+    if not _spans_go_somewhere():
         return await run
     with run_span(claimed.job, claimed.lease.attempt) as span:
         return span.ended(await run)

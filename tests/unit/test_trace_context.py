@@ -121,3 +121,11 @@ def test_a_new_jobs_trace_context_is_checked(bad: object) -> None:
         NewJob("t", trace_context=bad)  # type: ignore[arg-type]
     assert err.value.field == "trace_context"
     assert NewJob("t", trace_context="x" * TRACE_CONTEXT_CHARS).trace_context
+
+
+def test_before_a_tracer_provider_is_set_a_run_makes_no_span() -> None:
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        pytest.skip("this process has a global TracerProvider")
+    with tracing.run_span(_job(TRACEPARENT)) as run:
+        assert run.span is None
+        assert tracing.current_context() is None
