@@ -83,6 +83,13 @@ def current_context() -> str | None:
     return _serialised(None)
 
 
+def current_headers() -> dict[str, str]:
+    """The current span's W3C ``traceparent`` (and ``tracestate``) headers, for an HTTP
+    request to jobq's API (``jobq.Client``); none without OpenTelemetry or a valid span."""
+    kept = current_context()
+    return _carrier(kept) if kept else {}
+
+
 def context_from_headers(headers: Mapping[str, str]) -> str | None:
     """The trace context of an HTTP request's ``traceparent`` (and ``tracestate``) headers,
     as jobs keep it; None when it has none, or none that is valid. ``headers``: a mapping

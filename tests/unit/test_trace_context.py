@@ -129,3 +129,11 @@ def test_before_a_tracer_provider_is_set_a_run_makes_no_span() -> None:
     with tracing.run_span(_job(TRACEPARENT)) as run:
         assert run.span is None
         assert tracing.current_context() is None
+
+
+def test_the_current_headers_are_the_spans_traceparent() -> None:
+    assert tracing.current_headers() == {}
+    with TRACER.start_as_current_span("s") as span:
+        ctx = span.get_span_context()
+        assert tracing.current_headers() == {
+            "traceparent": f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"}

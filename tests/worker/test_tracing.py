@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 )
 from opentelemetry.trace import SpanKind, StatusCode
 
+import jobq
 from jobq import tracing
 from jobq.api import create_app
 from jobq.registry import JobContext, TaskRegistry
@@ -291,6 +292,24 @@ def test_a_traceparent_header_is_the_parent_of_the_run(
     assert run_of(spans, plain.json()["id"]).parent is None
 
 
+def test_jobq_client_sends_the_current_span_with_its_enqueues(
+        store: SqlStore, service: JobService, fast: Settings,
+        spans: InMemorySpanExporter) -> None:
+    with serve(create_app(service=service)) as http:
+        client = jobq.Client(str(http.base_url), http=http)
+        with TRACER.start_as_current_span("the caller") as caller:
+            one = client.enqueue("traced").job
+            many = client.enqueue_many([{"task_type": "traced"}])[0].job
+        untraced = client.enqueue("traced").job
+    run_all(store, fast)
+    asked = caller.get_span_context()
+    for job in (one, many):
+        run = run_of(spans, job.id)
+        assert run.context.trace_id == asked.trace_id
+        assert run.parent is not None and run.parent.span_id == asked.span_id
+    assert run_of(spans, untraced.id).parent is None
+
+
 BAD_TRACEPARENTS = [
     "00-" + TRACE_ID.upper() + "-" + SPAN_ID + "-01",  # upper case
     "00-" + "0" * 32 + "-" + SPAN_ID + "-01",  # a zero trace id
@@ -327,6 +346,7 @@ _WITHOUT_OTEL = """
 import sys
 sys.modules["opentelemetry"] = None  # as if not installed: every import of it fails
 import jobq.testing
+import jobq
 from jobq import tracing
 assert not tracing.ENABLED
 with jobq.testing.queue(tasks=["jobq.builtin_tasks"]) as q:
