@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
+from jobq import tracing
 from jobq.errors import (
     Forbidden,
     IdempotencyConflict,
@@ -66,6 +67,8 @@ class _Call(Generic[T]):
     action: str | None = None
     #: Seconds for this request, when not the client's (a long poll).
     timeout: float | None = None
+    #: It carries the current span's trace context (``traceparent``): an enqueue.
+    traced: bool = False
 
 
 class _Calls:
@@ -81,7 +84,7 @@ class _Calls:
         idempotency_key, unique_key, unique_for, concurrency_key, concurrency_limit,
         timeout_seconds, tags, meta."""
         return self._send(_Call("POST", "/jobs", _enqueued, json=_spec(task_type, payload,
-                                                                         options)))
+                                                                         options), traced=True))
 
     def enqueue_many(self, specs: Iterable[Mapping[str, Any]]) -> Any:
         """Submit many jobs in one transaction, all or nothing (``POST /jobs/batch``); each
@@ -90,7 +93,8 @@ class _Calls:
         jobs = [_spec(s["task_type"], s.get("payload"),
                       {k: v for k, v in s.items() if k not in ("task_type", "payload")})
                 for s in specs]
-        return self._send(_Call("POST", "/jobs/batch", _batch, json={"jobs": jobs}))
+        return self._send(_Call("POST", "/jobs/batch", _batch, json={"jobs": jobs},
+                                traced=True))
 
     def get(self, job_id: int) -> Any:
         """The job with every attempt it made (``GET /jobs/{id}``)."""
@@ -142,7 +146,8 @@ class Client(_Calls):
     def _send(self, call: _Call[T]) -> T:
         try:
             resp = self._http.request(call.method, call.path, json=call.json,
-                                      params=call.params or None, headers=self._headers,
+                                      params=call.params or None,
+                                      headers=_with_trace(self._headers, call),
                                       timeout=_timeout(call))
         except httpx.TransportError as exc:
             raise _unreachable(self._http.base_url, exc) from exc
@@ -189,7 +194,8 @@ class AsyncClient(_Calls):
     async def _send(self, call: _Call[T]) -> T:
         try:
             resp = await self._http.request(call.method, call.path, json=call.json,
-                                            params=call.params or None, headers=self._headers,
+                                            params=call.params or None,
+                                            headers=_with_trace(self._headers, call),
                                             timeout=_timeout(call))
         except httpx.TransportError as exc:
             raise _unreachable(self._http.base_url, exc) from exc
@@ -226,6 +232,15 @@ class AsyncClient(_Calls):
 
 def _headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _with_trace(headers: dict[str, str], call: _Call[Any]) -> dict[str, str]:
+    """The headers of ``call``: an enqueue's carry the current span's W3C trace context, which
+    its job's run continues (``jobq.tracing``)."""
+    if not call.traced:
+        return headers
+    trace = tracing.current_headers()
+    return {**headers, **trace} if trace else headers
 
 
 def _spec(task_type: str, payload: Any, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from jobq import payloads
+from jobq import payloads, tracing
 from jobq.coalesce import GroupCommit
 from jobq.errors import (
     InvalidJob,
@@ -122,6 +122,7 @@ class JobService:
         tags: Sequence[str] = (),
         meta: Mapping[str, Any] | None = None,
         timeout_seconds: float | None = None,
+        trace_context: str | None = None,
         allowed_queues: Collection[str] | None = None,
         connection: Any = None,
     ) -> EnqueueResult:
@@ -144,6 +145,9 @@ class JobService:
         ``tags`` (at most 10 names) and ``meta`` (a JSON object of at most 4 KiB) are kept
         with the job, for finding it (``list_jobs(tag=)``) and labelling it.
 
+        ``trace_context``: the trace its run continues (``jobq.tracing``); default: the
+        current span's, with OpenTelemetry installed.
+
         ``connection``: the application's own connection to jobq's database (a SQLAlchemy
         Connection or Session, a psycopg or sqlite3 connection, ``jobq.store.borrowed``):
         the job is written in its open transaction and exists once that commits, never if it
@@ -154,7 +158,9 @@ class JobService:
             run_at=run_at, delay_seconds=delay_seconds, idempotency_key=idempotency_key,
             unique_key=unique_key, unique_for=unique_for, concurrency_key=concurrency_key,
             concurrency_limit=concurrency_limit, tags=tags, meta=meta,
-            timeout_seconds=timeout_seconds, allowed_queues=allowed_queues,
+            timeout_seconds=timeout_seconds,
+            trace_context=tracing.current_context() if trace_context is None else trace_context,
+            allowed_queues=allowed_queues,
         )
         if connection is not None:
             try:
@@ -174,6 +180,8 @@ class JobService:
     ) -> EnqueueResult:
         """``enqueue`` (the same arguments, checks and group commit) for an event loop (the
         API's ``POST /jobs``), awaited without holding a thread while the commit runs."""
+        if options.get("trace_context") is None:
+            options["trace_context"] = tracing.current_context()
         new = self._new_job(task_type, payload, allowed_queues=allowed_queues, **options)
         result: EnqueueResult = await asyncio.wrap_future(self._group.submit(new))
         return result
@@ -183,6 +191,7 @@ class JobService:
         specs: Iterable[Mapping[str, Any]],
         *,
         allowed_queues: Collection[str] | None = None,
+        trace_context: str | None = None,
         connection: Any = None,
     ) -> list[EnqueueResult]:
         """Persist many jobs in one transaction, all or nothing; durable when this returns.
@@ -193,9 +202,10 @@ class JobService:
         InvalidJob, QueueNotFound, IdempotencyConflict) says which in its ``index`` (from 0),
         and then no job of the batch is stored.
 
+        ``trace_context``: that of the specs that give none; default: the current span's.
         ``connection``: as for ``enqueue``, the whole batch in the application's transaction.
         """
-        news = self._new_jobs(specs, allowed_queues)
+        news = self._new_jobs(specs, allowed_queues, trace_context)
         if connection is not None:
             return self._in_their_transaction(news, connection)
         return self._group.enqueue_many(news)
@@ -210,19 +220,25 @@ class JobService:
         specs: Iterable[Mapping[str, Any]],
         *,
         allowed_queues: Collection[str] | None = None,
+        trace_context: str | None = None,
     ) -> list[EnqueueResult]:
         """``enqueue_many`` for an event loop (the API's ``POST /jobs/batch``), awaited
         without holding a thread while the commit runs."""
-        news = self._new_jobs(specs, allowed_queues)
+        news = self._new_jobs(specs, allowed_queues, trace_context)
         results: list[EnqueueResult] = await asyncio.wrap_future(self._group.submit_many(news))
         return results
 
     def _new_jobs(
-        self, specs: Iterable[Mapping[str, Any]], allowed_queues: Collection[str] | None
+        self, specs: Iterable[Mapping[str, Any]], allowed_queues: Collection[str] | None,
+        trace_context: str | None = None,
     ) -> list[NewJob]:
-        """The checked jobs of a batch; an error about one spec names it by ``index``."""
+        """The checked jobs of a batch; an error about one spec names it by ``index``. Those
+        without a ``trace_context`` get ``trace_context``, default the current span's."""
+        traced = tracing.current_context() if trace_context is None else trace_context
         news = []
         for i, spec in enumerate(specs):
+            if traced is not None and spec.get("trace_context") is None:
+                spec = {**spec, "trace_context": traced}
             try:
                 news.append(self._new_job(**spec, allowed_queues=allowed_queues))
             except JobqError as exc:
@@ -248,6 +264,7 @@ class JobService:
         tags: Sequence[str] = (),
         meta: Mapping[str, Any] | None = None,
         timeout_seconds: float | None = None,
+        trace_context: str | None = None,
         allowed_queues: Collection[str] | None = None,
     ) -> NewJob:
         if allowed_queues is not None and queue not in allowed_queues:
@@ -276,6 +293,7 @@ class JobService:
             tags=tags,
             meta=None if meta is None else dict(meta) if isinstance(meta, Mapping) else meta,
             timeout_seconds=timeout_seconds,
+            trace_context=trace_context,
         )
 
     # ``allowed_queues`` (where taken): the queues the caller may see, from its API key; None

@@ -146,6 +146,9 @@ class Job:
     progress_at: datetime | None = None
     #: Its own timeout (migration 0011); None: its task's, else the worker's default.
     timeout_seconds: float | None = None
+    # The trace context of whoever enqueued it (migration 0012, ``jobq.tracing``): W3C
+    # traceparent (and tracestate) as JSON; its run's span continues that trace.
+    trace_context: str | None = None
     attempt_log: tuple[Attempt, ...] = field(default=())
 
 
@@ -176,6 +179,8 @@ class NewJob:
     #: How long one attempt may run before it is stopped (outcome ``timeout``); None: the
     #: task's ``timeout_seconds``, else the worker's JOBQ_TIMEOUT_SECONDS.
     timeout_seconds: float | None = None
+    #: The enqueuer's trace context (``jobq.tracing.current_context``); None: none.
+    trace_context: str | None = None
 
     def __post_init__(self) -> None:
         for name, value in (("task_type", self.task_type), ("queue", self.queue)):
@@ -235,6 +240,13 @@ class NewJob:
             raise InvalidJob("payload", str(exc)) from None
         if self.tags != () or self.meta is not None:
             _check_tags_and_meta(self)
+        if self.trace_context is not None:
+            tc = self.trace_context
+            why = text_problem(tc) if isinstance(tc, str) else "must be a string"
+            if why is None and not 1 <= len(tc) <= TRACE_CONTEXT_CHARS:
+                why = f"must be 1 to {TRACE_CONTEXT_CHARS} characters long"
+            if why:
+                raise InvalidJob("trace_context", why)
 
 
 #: The longest timeout of one attempt: a week. Work that takes longer should be split into
@@ -260,6 +272,8 @@ MAX_TAGS = 10
 MAX_META_BYTES = 4096
 #: A progress report's message is cut to this many characters.
 PROGRESS_MESSAGE_CHARS = 500
+#: Most characters of a job's stored trace context (``jobq.tracing``).
+TRACE_CONTEXT_CHARS = 512
 
 
 def _check_tags_and_meta(new: NewJob) -> None:

@@ -21,6 +21,7 @@ from fastapi.routing import APIRoute
 from pydantic import BeforeValidator
 from starlette.concurrency import run_in_threadpool
 
+from jobq import tracing
 from jobq.api.auth import Admin, Enqueuer, Reader
 from jobq.api.models import (
     BatchOut,
@@ -135,6 +136,7 @@ QueueName = Annotated[
 async def submit_job(
     service: Service,
     caller: Enqueuer,
+    request: Request,
     response: Response,
     query: Annotated[EnqueueQuery, Query()],
     body: Annotated[EnqueueRequest | None, Body()] = None,  # optional (jobq.api.openapi)
@@ -159,7 +161,9 @@ async def submit_job(
         }])
     assert spec.task_type is not None
     try:
-        result = await service.enqueue_async(**_spec(spec), allowed_queues=caller.allowed_queues)
+        result = await service.enqueue_async(
+            **_spec(spec), allowed_queues=caller.allowed_queues,
+            trace_context=tracing.request_context(request.headers))
     except InvalidJob as exc:  # NewJob's checks, which the request model leaves to it
         raise _invalid(exc, "body" if body is not None else "query") from None
     if not result.created:
@@ -220,7 +224,7 @@ def _spec(spec: EnqueueRequest | EnqueueQuery) -> dict[str, Any]:
     },
 )
 async def submit_jobs(
-    service: Service, caller: Enqueuer, response: Response, body: BatchRequest
+    service: Service, caller: Enqueuer, request: Request, response: Response, body: BatchRequest
 ) -> BatchOut:
     most = service.settings.batch_max_jobs
     if len(body.jobs) > most:
@@ -231,7 +235,8 @@ async def submit_jobs(
         }])
     try:
         results = await service.enqueue_many_async(
-            [_spec(job) for job in body.jobs], allowed_queues=caller.allowed_queues
+            [_spec(job) for job in body.jobs], allowed_queues=caller.allowed_queues,
+            trace_context=tracing.request_context(request.headers),
         )
     except (UnknownTask, InvalidJob) as exc:
         if exc.index is None:

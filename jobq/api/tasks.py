@@ -16,11 +16,11 @@ import copy
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema, models_json_schema
 
-from jobq import payloads
+from jobq import payloads, tracing
 from jobq.api.auth import Enqueuer, Reader
 from jobq.api.models import EnqueueRequest, JobOut
 from jobq.api.problems import problem_responses
@@ -110,9 +110,11 @@ def list_tasks(service: Service, caller: Reader,
         **problem_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
     },
 )
-async def submit_task_job(service: Service, caller: Enqueuer, response: Response,
-                          task_type: TaskName, body: TaskJobRequest) -> JobOut:
-    spec = {**_spec(body), "task_type": task_type}
+async def submit_task_job(service: Service, caller: Enqueuer, request: Request,
+                          response: Response, task_type: TaskName,
+                          body: TaskJobRequest) -> JobOut:
+    spec = {**_spec(body), "task_type": task_type,
+            "trace_context": tracing.request_context(request.headers)}
     try:
         result = await service.enqueue_async(**spec, allowed_queues=caller.allowed_queues)
     except InvalidJob as exc:

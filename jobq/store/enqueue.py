@@ -300,6 +300,7 @@ def _values(new: NewJob, lanes: bool = False) -> dict[str, Any]:
         "tags": list(new.tags) if new.tags else None,
         "meta": new.meta or None,
         "timeout_seconds": new.timeout_seconds,
+        "trace_context": new.trace_context,
     }
     if lanes:
         values["concurrency_key"] = new.concurrency_key

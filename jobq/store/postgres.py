@@ -186,7 +186,7 @@ class Postgres:
             .from_select(
                 ["task_type", "payload", "queue", "priority", "max_attempts", "idempotency_key",
                  *lane_columns, "state", "attempts", "run_at", "created_at", "tags", "meta",
-                 "timeout_seconds"],
+                 "timeout_seconds", "trace_context"],
                 select(
                     v["task_type"].astext, v["payload"], v["queue"].astext,
                     cast(v["priority"].astext, Integer), cast(v["max_attempts"].astext, Integer),
@@ -199,6 +199,7 @@ class Postgres:
                     # A JSON null (no tags, no meta) is stored as SQL NULL (tables.JsonOrNull).
                     func.nullif(v["tags"], _JSON_NULL), func.nullif(v["meta"], _JSON_NULL),
                     cast(v["timeout_seconds"].astext, Float),
+                    v["trace_context"].astext,  # JSON null: NULL
                 ).order_by(given.c.ord),
             )
             .on_conflict_do_nothing(index_elements=[jobs.c.queue, jobs.c.idempotency_key])

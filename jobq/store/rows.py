@@ -72,6 +72,7 @@ def created_job(new: NewJob, row: Any) -> Job:
         concurrency_key=new.concurrency_key, concurrency_limit=new.concurrency_limit,
         tags=new.tags, meta=dict(new.meta or {}), progress=None, progress_message=None,
         progress_at=None, timeout_seconds=new.timeout_seconds,
+        trace_context=new.trace_context,
     )
 
 

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from jobq.types import PROGRESS_MESSAGE_CHARS, AttemptOutcome, JobState
+from jobq.types import PROGRESS_MESSAGE_CHARS, TRACE_CONTEXT_CHARS, AttemptOutcome, JobState
 
 metadata = MetaData(
     naming_convention={
@@ -171,6 +171,9 @@ jobs = Table(
     Column("progress_at", Timestamp, nullable=True),
     # Its own timeout of an attempt, NULL: its task's or the worker's (migration 0011).
     Column("timeout_seconds", Float, nullable=True),
+    # The enqueuer's trace context, W3C traceparent/tracestate as JSON (migration 0012,
+    # ``jobq.tracing``); NULL when it had none.
+    Column("trace_context", String(TRACE_CONTEXT_CHARS), nullable=True),
     CheckConstraint(f"state IN ({_states})", name="state"),
     CheckConstraint("attempts >= 0 AND attempts <= max_attempts", name="attempts"),
     # An idempotency key is unique within its queue (migration 0005): a producer of one

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jobq import metrics
+from jobq import metrics, tracing
 from jobq.errors import StoreUnavailable
 from jobq.registry import TaskRegistry
 from jobq.retry import Backoff
@@ -106,9 +106,9 @@ class Fetcher:
         began = time.monotonic()
         reports = ProgressReports(self.store, self.db, lease)
         try:
-            outcome = await run_claimed(running.claimed, self.registry, self.worker_id,
-                                        running.stopped, self.backoff, reports.report,
-                                        self.settings.timeout_seconds or None)
+            outcome = await tracing.traced(running.claimed, run_claimed(  # in its span
+                running.claimed, self.registry, self.worker_id, running.stopped, self.backoff,
+                reports.report, self.settings.timeout_seconds or None))
         except asyncio.CancelledError:
             reports.drop()
             if not running.taken_away:

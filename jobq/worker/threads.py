@@ -18,6 +18,7 @@ itself past JOBQ_MAX_ABANDONED_THREADS (``worker.py``), so that they cannot pile
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import queue
 import threading
@@ -27,7 +28,8 @@ from typing import Any
 #: How long a thread with nothing to run waits for work before it ends.
 IDLE_SECONDS = 30.0
 
-_Work = tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]
+_Work = tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], contextvars.Context,
+              Callable[..., Any], tuple[Any, ...]]
 
 
 class HandlerThreads:
@@ -54,7 +56,8 @@ class HandlerThreads:
 
     def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """``fn(*args)`` on one of the threads; the future (of the running loop) settles with
-        its result or exception, unless it was cancelled meanwhile."""
+        its result or exception, unless it was cancelled meanwhile. It runs in a copy of the
+        caller's context (its contextvars: the run's trace span), as ``asyncio.to_thread``."""
         if self._pid != os.getpid():
             self._fresh()
         loop = asyncio.get_running_loop()
@@ -65,13 +68,13 @@ class HandlerThreads:
             self._started += 1
             threading.Thread(target=self._serve, name=f"jobq-handler-{self._started}",
                              daemon=True).start()
-        self._work.put((loop, future, fn, args))
+        self._work.put((loop, future, contextvars.copy_context(), fn, args))
         return future
 
     def _serve(self) -> None:
         while True:
             try:
-                loop, future, fn, args = self._work.get(timeout=self.idle_seconds)
+                loop, future, context, fn, args = self._work.get(timeout=self.idle_seconds)
             except queue.Empty:
                 # End, unless work was promised to an idle thread meanwhile: then this
                 # thread's permit is already taken, and the work is on its way.
@@ -81,7 +84,7 @@ class HandlerThreads:
             me = threading.get_ident()
             self._busy[me] = future
             try:
-                ok, value = True, fn(*args)
+                ok, value = True, context.run(fn, *args)
             except BaseException as exc:  # noqa: BLE001 - handed to the loop as the outcome
                 ok, value = False, exc
             finally:
@@ -91,7 +94,7 @@ class HandlerThreads:
             self._idle.release()
             _hand_back(loop, future, ok, value)
             # An idle thread must not keep the last job's objects (or an error's frames).
-            del loop, future, fn, args, value
+            del loop, future, context, fn, args, value
 
 
 def _hand_back(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], ok: bool,

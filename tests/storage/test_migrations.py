@@ -140,7 +140,7 @@ def _raw_job(engine: Engine, **given: Any) -> int:
 
 
 def test_head_is_a_single_known_revision() -> None:
-    assert head_revision() == "0011"
+    assert head_revision() == "0012"
 
 
 def test_migrate_twice_is_a_noop(fresh_url: Callable[[], str]) -> None:
@@ -394,6 +394,33 @@ def test_0011_adds_timeouts_and_keeps_every_job_and_attempt(
                 == ["error", "error"]
         assert "timeout_seconds" not in {
             c["name"] for c in inspect(engine).get_columns("jobq_jobs")}
+        migrate(engine)
+        assert _diffs(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_0012_adds_the_trace_context_and_keeps_every_job(fresh_url: Callable[[], str]) -> None:
+    """From 0011 with a job: the column comes (on SQLite without a rebuild) and the old job
+    has no trace context; a new job keeps its own; back to 0011 it goes and the jobs stay."""
+    engine = _engine(fresh_url())
+    try:
+        migrate(engine, "0011")
+        old = _raw_job(engine, payload={"n": 1}, queue="a")
+        migrate(engine)
+        assert current_revision(engine) == head_revision()
+        assert _diffs(engine) == []
+        store = SqlStore(engine)
+        assert store.get(old).trace_context is None
+        carrier = '{"traceparent":"00-' + "a" * 32 + "-" + "b" * 16 + '-01"}'
+        traced = store.enqueue(NewJob("echo", 2, trace_context=carrier)).job
+        assert traced.trace_context == carrier
+        assert store.get(traced.id).trace_context == carrier
+        downgrade(engine, "0011")
+        assert "trace_context" not in {
+            c["name"] for c in inspect(engine).get_columns("jobq_jobs")}
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM jobq_jobs")).scalar() == 2
         migrate(engine)
         assert _diffs(engine) == []
     finally:

@@ -25,7 +25,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "jobq"
 LAYER_OF = {
     "types": "domain", "errors": "domain", "settings": "domain", "jsonvalue": "domain",
     "keys": "domain", "retry": "domain", "registry": "domain", "builtin_tasks": "domain",
-    "schedules": "domain", "payloads": "domain", "metrics": "domain",
+    "schedules": "domain", "payloads": "domain", "metrics": "domain", "tracing": "domain",
     "store": "store", "migrations": "migrations",
     "service": "service", "coalesce": "service", "waits": "service",
     "worker": "worker",
