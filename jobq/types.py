@@ -17,7 +17,16 @@ Job states, written once; everything else points here::
     pending   --cancel-->                           cancelled
     running   --cancel-->                           cancelled (the worker notices at its next
                                                                heartbeat and stops the handler)
-    failed | cancelled --manual retry-->            pending
+    failed | cancelled --manual retry-->            pending  (waiting while a parent is not done)
+    waiting   --its last parent done-->             pending  (in that completion's transaction)
+    waiting   --a parent failed or cancelled-->     cancelled (its dependents too, transitively;
+                                                              with on_parent_failure="run" the
+                                                              parent counts as finished)
+    waiting   --cancel-->                           cancelled
+
+A job enqueued with ``depends_on`` parents starts ``waiting`` (not claimable; the claim index
+holds pending jobs only) until every parent is ``done`` (``jobq.store.workflows``). A manual
+retry of a parent also brings back the dependents its end had cancelled.
 
 Every transition is one guarded statement in the store: it names the state it expects and, for a
 running job, the fencing token (``lease_token``) of the claim. Zero rows changed means somebody
@@ -60,6 +69,8 @@ class JobState(str, enum.Enum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    #: Enqueued with parents (``depends_on``) not all done yet (migration 0013).
+    WAITING = "waiting"
 
     @property
     def is_final(self) -> bool:
@@ -149,6 +160,15 @@ class Job:
     # The trace context of whoever enqueued it (migration 0012, ``jobq.tracing``): W3C
     # traceparent (and tracestate) as JSON; its run's span continues that trace.
     trace_context: str | None = None
+    # Workflows (migration 0013, ``jobq.store.workflows``): how many parents are not done yet
+    # (None: it has no parents); whether its end must be acted on in that transaction (it has
+    # dependents or a callback_url); "run" to run even when a parent failed; the parent whose
+    # end cancelled it; where its end is POSTed.
+    parents_left: int | None = None
+    on_final: bool | None = None
+    on_parent_failure: str | None = None
+    cancelled_by: int | None = None
+    callback_url: str | None = None
     attempt_log: tuple[Attempt, ...] = field(default=())
 
 
@@ -181,6 +201,14 @@ class NewJob:
     timeout_seconds: float | None = None
     #: The enqueuer's trace context (``jobq.tracing.current_context``); None: none.
     trace_context: str | None = None
+    #: Its parents: ids of existing jobs, and (in a batch) indexes of earlier items. It waits
+    #: until all are done; when one fails or is cancelled it is cancelled too, unless
+    #: ``on_parent_failure`` is "run" (then a parent's end, whatever it is, counts).
+    depends_on: tuple[int, ...] = ()
+    depends_on_items: tuple[int, ...] = ()
+    on_parent_failure: str | None = None
+    #: An http(s) URL that is POSTed the job's end (``jobq.webhooks``).
+    callback_url: str | None = None
 
     def __post_init__(self) -> None:
         for name, value in (("task_type", self.task_type), ("queue", self.queue)):
@@ -240,6 +268,15 @@ class NewJob:
             raise InvalidJob("payload", str(exc)) from None
         if self.tags != () or self.meta is not None:
             _check_tags_and_meta(self)
+        if self.depends_on or self.depends_on_items or self.on_parent_failure is not None:
+            _check_parents(self)
+        if self.callback_url is not None:
+            url = self.callback_url
+            why = text_problem(url) if isinstance(url, str) else "must be a string"
+            if why is None and not 1 <= len(url) <= MAX_URL_CHARS:
+                why = f"must be 1 to {MAX_URL_CHARS} characters long"
+            if why:
+                raise InvalidJob("callback_url", why)
         if self.trace_context is not None:
             tc = self.trace_context
             why = text_problem(tc) if isinstance(tc, str) else "must be a string"
@@ -247,6 +284,34 @@ class NewJob:
                 why = f"must be 1 to {TRACE_CONTEXT_CHARS} characters long"
             if why:
                 raise InvalidJob("trace_context", why)
+
+
+#: Most parents of one job (a fan-in of that many), and the longest callback URL.
+MAX_PARENTS = 10_000
+MAX_URL_CHARS = 2000
+ON_PARENT_FAILURE = ("cancel", "run")
+
+
+def _check_parents(new: NewJob) -> None:
+    """NewJob's ``depends_on`` (job ids) and ``depends_on_items`` (batch indexes): tuples of
+    distinct positive integers, at most MAX_PARENTS in all."""
+    for name in ("depends_on", "depends_on_items"):
+        given = getattr(new, name)
+        if isinstance(given, (str, bytes)) or not isinstance(given, (list, tuple)):
+            raise InvalidJob(name, "must be a list of integers")
+        ids = tuple(given)
+        low = 1 if name == "depends_on" else 0
+        if any(isinstance(i, bool) or not isinstance(i, int) or not low <= i < 2**63
+               for i in ids):
+            raise InvalidJob(name, f"must hold integers of at least {low}")
+        object.__setattr__(new, name, tuple(dict.fromkeys(ids)))
+    if len(new.depends_on) + len(new.depends_on_items) > MAX_PARENTS:
+        raise InvalidJob("depends_on", f"at most {MAX_PARENTS} parents")
+    if new.on_parent_failure is not None:
+        if new.on_parent_failure not in ON_PARENT_FAILURE:
+            raise InvalidJob("on_parent_failure", "must be 'cancel' or 'run'")
+        if not (new.depends_on or new.depends_on_items):
+            raise InvalidJob("on_parent_failure", "needs depends_on")
 
 
 #: The longest timeout of one attempt: a week. Work that takes longer should be split into

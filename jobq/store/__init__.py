@@ -37,7 +37,9 @@ def open_store(settings: Settings, *, auto_migrate: bool | None = None) -> SqlSt
     except sa_exc.OperationalError as exc:
         engine.dispose()
         raise StoreUnavailable(f"cannot reach the database: {exc.orig}") from exc
-    return SqlStore(engine, dialect)
+    store = SqlStore(engine, dialect)
+    store.settings = settings
+    return store
 
 
 def _check_schema(engine: Engine, auto_migrate: bool) -> None:

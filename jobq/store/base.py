@@ -66,6 +66,9 @@ class StoreBase:
     def __init__(self, engine: Engine, dialect: Dialect | None = None) -> None:
         self.engine = engine
         self.dialect = dialect or dialect_for(engine.url)
+        #: The settings it was opened with (``open_store``): what a job's end needs to
+        #: enqueue its webhook (``store/workflows.py``). None for a bare SqlStore(engine).
+        self.settings: Settings | None = None
 
     @contextmanager
     def write(self) -> Iterator[Connection]:

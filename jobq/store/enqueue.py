@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Float, and_, bindparam, delete, func, or_, select, tuple_
 
 from jobq.errors import IdempotencyConflict, StoreUnavailable
+from jobq.store import workflows
 from jobq.store.base import StoreBase, translate
 from jobq.store.exprs import db_now, seconds_after, seconds_from_now
 from jobq.store.rows import created_job, job_of
@@ -74,6 +75,9 @@ class Enqueue(StoreBase):
             return []
         if conn is not None:
             return self._in_their_transaction(conn, news)
+        if workflows.needs_graph_path(news):
+            with self.write() as own:
+                return workflows.enqueue_graph(self, own, news, None)
         if any(new.unique_key is not None for new in news):
             with self.write() as own:
                 return self._enqueue_unique(own, news)
@@ -88,6 +92,8 @@ class Enqueue(StoreBase):
                               news: Sequence[NewJob]) -> list[EnqueueResult]:
         made: list[int] = []
         try:
+            if workflows.needs_graph_path(news):
+                return workflows.enqueue_graph(self, conn, news, made)
             if any(new.unique_key is not None for new in news):
                 return self._enqueue_unique(conn, news, made)
             first, fresh = _fresh(news)

@@ -25,10 +25,18 @@ from sqlalchemy import (
     update,
 )
 
-from jobq.store import attempt_log
+from jobq.store import attempt_log, workflows
 from jobq.store.base import translate
-from jobq.store.dialect import ClaimRunner, CompletionRunner, Dialect
-from jobq.store.exprs import NO_LEASE, db_now, held, in_state, new_token, seconds_from_now
+from jobq.store.dialect import ClaimRunner, CompletionRunner
+from jobq.store.exprs import (
+    DONE_LEASE,
+    NO_LEASE,
+    db_now,
+    held,
+    in_state,
+    new_token,
+    seconds_from_now,
+)
 from jobq.store.limits import Limits
 from jobq.store.maintenance import insert_worker
 from jobq.store.rows import built, job_of
@@ -43,7 +51,7 @@ from jobq.types import (
 )
 
 PENDING, RUNNING, FAILED = JobState.PENDING.value, JobState.RUNNING.value, JobState.FAILED.value
-CANCELLED = JobState.CANCELLED.value
+CANCELLED, DONE = JobState.CANCELLED.value, JobState.DONE.value
 
 
 class Leases(Limits):
@@ -141,7 +149,32 @@ class Leases(Limits):
         statements are the same whatever the batch size (``Dialect.completion_runner``)."""
         if not finished:
             return set()
-        return self._complete(self, finished)
+        taken = self._complete(self, finished)
+        if len(taken) < len(finished):
+            # Jobs whose end must be acted on (``store/workflows.py``), and leases lost.
+            taken |= self._complete_followed(
+                [(lease, result) for lease, result in finished if lease.token not in taken])
+        return taken
+
+    def _complete_followed(self, finished: Sequence[tuple[Lease, Any]]) -> set[str]:
+        """running → done for jobs with ``on_final`` set, each with what its end does to its
+        dependents and callback, in one transaction."""
+        with self.write() as conn:
+            ids: dict[int, str] = {}
+            for lease, result in finished:
+                row = conn.execute(
+                    update(jobs)
+                    .where(held(lease.token, lease.job_id), jobs.c.on_final.is_not(None))
+                    .values(state=DONE, finished_at=db_now(), **DONE_LEASE,
+                            result=bindparam("f_result", result, type_=jobs.c.result.type))
+                    .returning(jobs.c.id)
+                ).first()
+                if row is not None:
+                    ids[lease.job_id] = lease.token
+            if ids:
+                workflows.ended(self, conn, ids)
+                self.dialect.finished(conn, ids)
+        return set(ids.values())
 
     @functools.cached_property
     def _complete(self) -> CompletionRunner:
@@ -159,7 +192,7 @@ class Leases(Limits):
         Returns the new state, or None when the lease was lost (the job is not changed).
         """
         with self.write() as conn:
-            return _fail(conn, self.dialect, lease, error, tb, retry_delay_seconds, final,
+            return _fail(conn, self, lease, error, tb, retry_delay_seconds, final,
                          outcome)
 
     @translate
@@ -174,7 +207,7 @@ class Leases(Limits):
             if attempt_log.snoozes_in_a_row(conn, lease.job_id, max_snoozes) >= max_snoozes:
                 why = (f"Snooze: snoozed {max_snoozes} times in a row, the most its task "
                        "allows (max_snoozes)")
-                return _fail(conn, self.dialect, lease, why, "", 0.0, True)
+                return _fail(conn, self, lease, why, "", 0.0, True)
             row = conn.execute(
                 update(jobs)
                 .where(held(lease.token, lease.job_id))
@@ -206,6 +239,7 @@ class Leases(Limits):
                 return False
             attempt_log.record(conn, self.dialect, [_of_lease(lease, row.started_at)],
                                AttemptOutcome.CANCELLED, reason)
+            workflows.ended(self, conn, [lease.job_id])
             self.dialect.finished(conn, [lease.job_id])
         return True
 
@@ -303,7 +337,9 @@ class Leases(Limits):
             attempt_log.record(conn, self.dialect, [holders[r.id] for r in rows],
                                AttemptOutcome.LOST, "lease expired")
             self.dialect.wake(conn, (r.queue for r in rows if r.state == PENDING))
-            self.dialect.finished(conn, [r.id for r in rows if r.state == FAILED])
+            failed = [r.id for r in rows if r.state == FAILED]
+            workflows.ended(self, conn, failed)
+            self.dialect.finished(conn, failed)
         return [job_of(r) for r in rows]
 
 
@@ -319,7 +355,7 @@ def _picked(candidates: Select[Any]) -> Select[Any]:
     return select(picked.c.id)
 
 
-def _fail(conn: Connection, dialect: Dialect, lease: Lease, error: str, tb: str,
+def _fail(conn: Connection, store: Any, lease: Lease, error: str, tb: str,
           retry_delay_seconds: float, final: bool,
           outcome: AttemptOutcome = AttemptOutcome.ERROR) -> JobState | None:
     """``Leases.fail`` in ``conn``'s transaction."""
@@ -341,9 +377,11 @@ def _fail(conn: Connection, dialect: Dialect, lease: Lease, error: str, tb: str,
     ).first()
     if row is None:
         return None
-    attempt_log.record(conn, dialect, [_of_lease(lease, row.started_at)], outcome, error, tb)
+    attempt_log.record(conn, store.dialect, [_of_lease(lease, row.started_at)], outcome,
+                       error, tb)
     if row.state == FAILED:
-        dialect.finished(conn, [lease.job_id])
+        workflows.ended(store, conn, [lease.job_id])
+        store.dialect.finished(conn, [lease.job_id])
     return JobState(row.state)
 
 

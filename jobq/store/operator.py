@@ -10,7 +10,7 @@ from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, selec
 from sqlalchemy import exc as sa_exc
 
 from jobq.errors import InvalidTransition, JobNotFound
-from jobq.store import attempt_log
+from jobq.store import attempt_log, workflows
 from jobq.store.base import StoreBase, translate
 from jobq.store.exprs import NO_LEASE, db_now
 from jobq.store.rows import job_of
@@ -19,6 +19,8 @@ from jobq.types import AttemptOutcome, Job, JobState
 
 PENDING, RUNNING = JobState.PENDING.value, JobState.RUNNING.value
 FAILED, CANCELLED = JobState.FAILED.value, JobState.CANCELLED.value
+WAITING = JobState.WAITING.value
+CANCELLABLE = (PENDING, RUNNING, WAITING)
 
 #: Another row of the jobs table, for "another job holds this unique key".
 _other = jobs.alias("other")
@@ -37,7 +39,7 @@ class Operator(StoreBase):
             ).first()
             row = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.state.in_([PENDING, RUNNING]))
+                .where(jobs.c.id == job_id, jobs.c.state.in_(CANCELLABLE))
                 .values(state=CANCELLED, finished_at=db_now(), **NO_LEASE)
                 .returning(*jobs.c)
             ).first()
@@ -45,6 +47,7 @@ class Operator(StoreBase):
                 if before is not None and before.state == RUNNING:
                     attempt_log.record(conn, self.dialect, [attempt_log.of_row(before)],
                                        AttemptOutcome.CANCELLED)
+                workflows.ended(self, conn, [job_id])
                 self.dialect.finished(conn, [job_id])
                 return job_of(row)
             row = before
@@ -78,12 +81,12 @@ class Operator(StoreBase):
                            _other.c.queue == jobs.c.queue,
                            _other.c.unique_key == jobs.c.unique_key,
                            _other.c.state.in_([PENDING, RUNNING]))))
-                .values(
-                    state=PENDING, attempts=0, run_at=db_now(), finished_at=None, result=None
-                )
+                .values(attempts=0, run_at=db_now(), finished_at=None, result=None,
+                        cancelled_by=None, **workflows.retried_values())
                 .returning(*jobs.c)
             ).first()
             if row is not None:
+                workflows.revive(conn, job_id)
                 self.dialect.wake(conn, [row.queue])
                 return job_of(row)
             state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar()
@@ -182,10 +185,14 @@ class BulkOperator(Operator):
 
     def _cancel_chunk(self, conn: Connection, rows: list[Any]) -> int:
         ids = [r.id for r in rows]
-        done = conn.execute(
-            update(jobs).where(jobs.c.id.in_(ids), jobs.c.state.in_([PENDING, RUNNING]))
+        cancelled = conn.execute(
+            update(jobs).where(jobs.c.id.in_(ids), jobs.c.state.in_(CANCELLABLE))
             .values(state=CANCELLED, finished_at=db_now(), **NO_LEASE)
-        ).rowcount
+            .returning(jobs.c.id)
+        ).scalars().all()
+        done = len(cancelled)
+        workflows.ended(self, conn, cancelled)
+        self.dialect.finished(conn, cancelled)
         attempt_log.record(conn, self.dialect,
                            [attempt_log.of_row(r) for r in rows if r.state == RUNNING],
                            AttemptOutcome.CANCELLED)
@@ -215,8 +222,11 @@ class BulkOperator(Operator):
                        _other.c.queue == jobs.c.queue,
                        _other.c.unique_key == jobs.c.unique_key,
                        _other.c.state.in_([PENDING, RUNNING]))))
-            .values(state=PENDING, attempts=0, run_at=db_now(), finished_at=None, result=None)
-            .returning(jobs.c.queue)
-        ).scalars().all()
-        self.dialect.wake(conn, woken)
+            .values(attempts=0, run_at=db_now(), finished_at=None, result=None,
+                    cancelled_by=None, **workflows.retried_values())
+            .returning(jobs.c.id, jobs.c.queue)
+        ).all()
+        for r in woken:
+            workflows.revive(conn, r.id)
+        self.dialect.wake(conn, [r.queue for r in woken])
         return len(woken)

@@ -234,6 +234,7 @@ def _mark_done(
         select(jobs.c.id, jobs.c.lease_token).where(
             jobs.c.id.in_([lease.job_id for lease, _ in finished]),
             in_state(RUNNING),
+            jobs.c.on_final.is_(None),  # those take Leases._complete_followed
         )
     )}
     valid = [(lease, result) for lease, result in finished

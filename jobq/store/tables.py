@@ -29,7 +29,13 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from jobq.types import PROGRESS_MESSAGE_CHARS, TRACE_CONTEXT_CHARS, AttemptOutcome, JobState
+from jobq.types import (
+    MAX_URL_CHARS,
+    PROGRESS_MESSAGE_CHARS,
+    TRACE_CONTEXT_CHARS,
+    AttemptOutcome,
+    JobState,
+)
 
 metadata = MetaData(
     naming_convention={
@@ -174,6 +180,14 @@ jobs = Table(
     # The enqueuer's trace context, W3C traceparent/tracestate as JSON (migration 0012,
     # ``jobq.tracing``); NULL when it had none.
     Column("trace_context", String(TRACE_CONTEXT_CHARS), nullable=True),
+    # Workflows (migration 0013, ``store/workflows.py``): parents not done yet (NULL: none);
+    # TRUE when its end must be acted on in the same transaction (dependents, a callback),
+    # which keeps such jobs off the one-statement batch completion; the rest of the policy.
+    Column("parents_left", Integer, nullable=True),
+    Column("on_final", Boolean, nullable=True),
+    Column("on_parent_failure", String(8), nullable=True),
+    Column("cancelled_by", BigId, nullable=True),
+    Column("callback_url", String(MAX_URL_CHARS), nullable=True),
     CheckConstraint(f"state IN ({_states})", name="state"),
     CheckConstraint("attempts >= 0 AND attempts <= max_attempts", name="attempts"),
     # An idempotency key is unique within its queue (migration 0005): a producer of one
@@ -251,6 +265,17 @@ Index(
     postgresql_ops={"tags": "jsonb_path_ops"},
     postgresql_where=text("tags IS NOT NULL"),
 ).ddl_if(dialect="postgresql")
+
+# Who waits for whom (migration 0013): a child's parents, and (by the parent's index) the
+# dependents a parent's end acts on. Deleting a job (pruning) deletes its edges.
+dependencies = Table(
+    "jobq_dependencies",
+    metadata,
+    Column("child_id", BigId, ForeignKey("jobq_jobs.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("parent_id", BigId, ForeignKey("jobq_jobs.id", ondelete="CASCADE"),
+           primary_key=True, index=True),
+)
 
 attempts = Table(
     "jobq_attempts",

@@ -44,7 +44,7 @@ JOB_KEYS = {
     "concurrency_limit",
     "tags", "meta", "progress", "progress_message", "progress_at", "timeout_seconds",
 }
-STATES = {"pending", "running", "done", "failed", "cancelled"}
+STATES = {"pending", "running", "done", "failed", "cancelled", "waiting"}
 
 
 # -- a real server ----------------------------------------------------------------------------
@@ -282,7 +282,7 @@ def test_pause_and_resume_a_queue_and_list_the_queues(
     assert paused.status_code == 200, paused.text
     body = paused.json()
     assert body["name"] == "mail" and body["paused"] is True and body["paused_at"]
-    assert body["jobs"] == {"pending": 1, "running": 0, "done": 0, "failed": 0, "cancelled": 0}
+    assert body["jobs"] == {"pending": 1, "running": 0, "done": 0, "failed": 0, "cancelled": 0, "waiting": 0}
     assert store.claim("w", ["mail"], 10, 30) == []
     listed = client.get("/queues")
     assert listed.status_code == 200, listed.text
@@ -860,11 +860,11 @@ def test_stats_keys_and_counts(client: httpx.Client, store: SqlStore) -> None:
     body = client.get("/stats").json()
     assert set(body) == {"jobs", "queues", "workers", "oldest_pending_age_seconds",
                          "finished_last_minute"}
-    assert body["jobs"] == {"pending": 2, "running": 1, "done": 0, "failed": 0, "cancelled": 1}
+    assert body["jobs"] == {"pending": 2, "running": 1, "done": 0, "failed": 0, "cancelled": 1, "waiting": 0}
     assert body["queues"] == {
-        "default": {"pending": 1, "running": 0, "done": 0, "failed": 0, "cancelled": 1},
-        "emails": {"pending": 0, "running": 1, "done": 0, "failed": 0, "cancelled": 0},
-        "later": {"pending": 1, "running": 0, "done": 0, "failed": 0, "cancelled": 0},
+        "default": {"pending": 1, "running": 0, "done": 0, "failed": 0, "cancelled": 1, "waiting": 0},
+        "emails": {"pending": 0, "running": 1, "done": 0, "failed": 0, "cancelled": 0, "waiting": 0},
+        "later": {"pending": 1, "running": 0, "done": 0, "failed": 0, "cancelled": 0, "waiting": 0},
     }
     assert body["finished_last_minute"] == 1
     age = body["oldest_pending_age_seconds"]

@@ -59,7 +59,7 @@ def test_list_queues_has_every_queue_with_its_counts_and_flag(store: SqlStore) -
     listed = {q.name: q for q in store.list_queues()}
     assert sorted(listed) == ["a", "b", "empty"]
     assert listed["a"].jobs == {"pending": 2, "running": 0, "done": 0, "failed": 0,
-                                "cancelled": 0}
+                                "cancelled": 0, "waiting": 0}
     assert (listed["b"].paused, listed["b"].jobs["running"]) == (True, 1)
     assert listed["empty"].paused and sum(listed["empty"].jobs.values()) == 0
     assert not listed["a"].paused and listed["a"].paused_at is None

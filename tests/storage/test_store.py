@@ -1174,7 +1174,7 @@ def test_list_jobs_empty(store: SqlStore) -> None:
 
 def test_stats_of_an_empty_store(store: SqlStore) -> None:
     s = store.stats(60)
-    assert s.jobs == {"pending": 0, "running": 0, "done": 0, "failed": 0, "cancelled": 0}
+    assert s.jobs == {"pending": 0, "running": 0, "done": 0, "failed": 0, "cancelled": 0, "waiting": 0}
     assert s.queues == {}
     assert s.workers == []
     assert s.oldest_pending_age_seconds is None
@@ -1192,11 +1192,11 @@ def test_stats_counts_per_state_and_queue(store: SqlStore) -> None:
     store.fail(d.lease, "e", "tb", 0)  # attempts left: back to pending
 
     s = store.stats(60)
-    assert s.jobs == {"pending": 3, "running": 1, "done": 1, "failed": 0, "cancelled": 1}
+    assert s.jobs == {"pending": 3, "running": 1, "done": 1, "failed": 0, "cancelled": 1, "waiting": 0}
     assert set(s.jobs) == {st.value for st in JobState}
     assert s.queues == {
-        "q1": {"pending": 0, "running": 1, "done": 1, "failed": 0, "cancelled": 1},
-        "q2": {"pending": 3, "running": 0, "done": 0, "failed": 0, "cancelled": 0},
+        "q1": {"pending": 0, "running": 1, "done": 1, "failed": 0, "cancelled": 1, "waiting": 0},
+        "q2": {"pending": 3, "running": 0, "done": 0, "failed": 0, "cancelled": 0, "waiting": 0},
     }
     assert s.finished_last_minute == 2
 
