@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -32,7 +35,8 @@ class Receiver:
     says, one entry per request (a status, or ("sleep", seconds) before a 200); 200 once the
     script is used up."""
 
-    def __init__(self, port: int = 0, script: list[Any] | None = None) -> None:
+    def __init__(self, port: int = 0, script: list[Any] | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.script = list(script or [])
         receiver = self
@@ -57,6 +61,8 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -317,3 +323,39 @@ def test_a_worker_without_a_secret_retries(store: SqlStore, fast: Settings,
     assert job.state is JobState.FAILED and job.attempts == 2  # retried, not discarded
     assert "has no JOBQ_WEBHOOK_SECRET" in (job.last_error or "")
     assert receiver.requests == []
+
+
+def certificate(folder: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for ``name`` and its key."""
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.mark.parametrize("served_name", ["hooks.example.test", "other.example.test"])
+def test_https_checks_the_certificate_against_the_name_not_the_address(
+        store: SqlStore, fast: Settings, registry: TaskRegistry, tmp_path: Path,
+        fake_dns: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch,
+        served_name: str) -> None:
+    fake_dns["hooks.example.test"] = ["127.0.0.1"]
+    cert, key = certificate(tmp_path, served_name)
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    client_tls = ssl.create_default_context(cafile=str(cert))
+    monkeypatch.setattr(webhooks, "_tls_verify", lambda: client_tls)
+    receiver = Receiver(tls=server_tls)
+    try:
+        job = deliver(store, fast, registry,
+                      f"https://hooks.example.test:{receiver.port}/hook", max_attempts=1)
+    finally:
+        receiver.close()
+    if served_name == "hooks.example.test":  # connected to 127.0.0.1, verified as the name
+        assert job.state is JobState.DONE, job.last_error
+        assert job.result == {"status": 200, "address": "127.0.0.1"}
+        check_signed(receiver.requests[0], job.id)
+    else:  # a certificate for another name is refused (and retried: it may be fixed)
+        assert job.state is JobState.FAILED and receiver.requests == []
+        assert "WebhookRetry" in (job.last_error or "")
+        assert "CERTIFICATE_VERIFY_FAILED" in (job.last_error or ""), job.last_error
