@@ -5,6 +5,7 @@ HTTP receiver on 127.0.0.1 in a thread. Both backends."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 import ssl
@@ -131,9 +132,7 @@ def deliver(store: SqlStore, settings: Settings, registry: TaskRegistry, url: st
     new = webhooks.webhook_job(url=url, job_id=41, state=state, task_type="resize",
                                queue="default", finished_at=WHEN, result={"resized": 2},
                                last_error="ValueError: bad image", settings=settings)
-    for key, value in job.items():
-        object.__setattr__(new, key, value)
-    return run(store, settings, registry, new)
+    return run(store, settings, registry, dataclasses.replace(new, **job))
 
 
 def run(store: SqlStore, settings: Settings, registry: TaskRegistry, new: NewJob,
@@ -318,7 +317,7 @@ def test_a_worker_without_a_secret_retries(store: SqlStore, fast: Settings,
                                            registry: TaskRegistry, receiver: Receiver) -> None:
     new = webhooks.webhook_job(url=receiver.url(), job_id=41, state="done", task_type="t",
                                queue="default", finished_at=WHEN, settings=fast)
-    object.__setattr__(new, "max_attempts", 2)
+    new = dataclasses.replace(new, max_attempts=2)
     job = run(store, fast.model_copy(update={"webhook_secret": None}), registry, new)
     assert job.state is JobState.FAILED and job.attempts == 2  # retried, not discarded
     assert "has no JOBQ_WEBHOOK_SECRET" in (job.last_error or "")
