@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from jobq import webhooks
 from jobq.registry import JobContext, task
 
 
@@ -48,3 +49,12 @@ def fail(payload: Any) -> Any:
 async def noop(payload: Any) -> None:
     """Does nothing (on the event loop: a no-op needs no thread)."""
     return None
+
+
+@task(webhooks.TASK_NAME, max_attempts=webhooks.DEFAULT_MAX_ATTEMPTS,
+      discard_on=webhooks.WebhookUndeliverable, backoff=webhooks.backoff,
+      timeout_seconds=300)
+async def webhook(payload: Any, ctx: JobContext) -> Any:
+    """Delivers a completion webhook (jobq.webhooks): enqueued by jobq when a job with a
+    ``callback_url`` becomes final. Its backoff and timeout are JOBQ_WEBHOOK_*'s."""
+    return await webhooks.deliver(payload, ctx)

@@ -211,6 +211,28 @@ class Settings(BaseSettings):
         5.0, gt=0, le=60, description="A waiting job is read again this often even without "
         "a notification (one may be missed while the listener reconnects).",
     )
+    webhook_secret: str | None = Field(
+        None, min_length=16, description="The secret that signs completion webhooks "
+        "(HMAC-SHA256; at least 16 characters, e.g. `openssl rand -hex 32`); the same on "
+        "every API and worker process. Unset: a callback_url is refused at enqueue.",
+    )
+    webhook_allow_private: bool = Field(
+        False, description="Let webhooks go to private, loopback, link-local and other "
+        "non-public addresses (refused by default, at enqueue and at delivery).",
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="How long one delivery attempt of a webhook may "
+        "take (resolving, connecting, sending, the answer); past it, it is retried.",
+    )
+    webhook_max_attempts: int = Field(
+        20, ge=1, le=1000, description="Attempts of a webhook delivery before it fails.",
+    )
+    webhook_backoff_base_seconds: float = Field(
+        2.0, ge=0, le=86400, description="Backoff after a webhook's first failed attempt.",
+    )
+    webhook_backoff_cap_seconds: float = Field(
+        300.0, ge=0, le=30 * 86400, description="Backoff ceiling of webhook deliveries.",
+    )
 
     @field_validator("tasks", "queues", "allowed_hosts", "allowed_origins", mode="before")
     @classmethod
@@ -252,6 +274,13 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql://")
         return value
 
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _secret(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None  # JOBQ_WEBHOOK_SECRET= (empty) means unset
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -265,6 +294,9 @@ class Settings(BaseSettings):
         if self.backoff_cap_seconds < self.backoff_base_seconds:
             # Named by their variables: load_settings can only name field-level errors itself.
             raise ValueError("JOBQ_BACKOFF_CAP_SECONDS must be >= JOBQ_BACKOFF_BASE_SECONDS")
+        if self.webhook_backoff_cap_seconds < self.webhook_backoff_base_seconds:
+            raise ValueError("JOBQ_WEBHOOK_BACKOFF_CAP_SECONDS must be >= "
+                             "JOBQ_WEBHOOK_BACKOFF_BASE_SECONDS")
         if self.heartbeat_interval_seconds is not None and (
             2 * self.heartbeat_interval_seconds + min(1.0, self.lease_seconds / 10)
             >= self.lease_seconds

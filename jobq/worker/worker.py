@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from jobq import webhooks
 from jobq.errors import StoreUnavailable
 from jobq.metrics import serve_worker_metrics
 from jobq.registry import TaskRegistry, load_registry
@@ -71,6 +72,7 @@ class Worker:
             self.concurrency,
         )
         store, settings = self.store, self.settings
+        webhooks.configure(settings)  # the deliveries of jobq.webhook read theirs
         self.db = Db()
         self.outbox = Outbox()
         self.slots = Slots(self.concurrency, self.outbox)
