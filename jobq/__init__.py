@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from jobq.chains import chain, group, step
 from jobq.errors import Cancel, JobTimeout, Snooze
 from jobq.registry import JobContext, task
 from jobq.schedules import schedule
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
     from jobq.service import JobService
 
 __all__ = ["task", "schedule", "JobContext", "Snooze", "Cancel", "JobTimeout", "connect",
-           "Client", "AsyncClient"]
+           "Client", "AsyncClient", "chain", "group", "step"]
 __version__ = "0.1.0"
 
 

@@ -47,7 +47,8 @@ T = TypeVar("T")
 #: which the server takes from the API key).
 _OPTIONS = ("queue", "priority", "max_attempts", "run_at", "delay_seconds", "idempotency_key",
             "unique_key", "unique_for", "concurrency_key", "concurrency_limit", "tags",
-            "meta", "timeout_seconds")
+            "meta", "timeout_seconds", "depends_on", "depends_on_items", "on_parent_failure",
+            "callback_url")
 
 #: The longest wait of one ``GET /jobs/{id}?wait=`` (the server's bound): ``wait`` makes as
 #: many such long polls as its timeout needs.
@@ -306,6 +307,8 @@ def job_of(body: Mapping[str, Any]) -> Job:
         attempt_log=attempts, tags=tuple(body.get("tags") or ()), meta=body.get("meta") or {},
         progress=body.get("progress"), progress_message=body.get("progress_message"),
         progress_at=_time(body.get("progress_at")), timeout_seconds=body.get("timeout_seconds"),
+        parents_left=body.get("parents_left"), on_parent_failure=body.get("on_parent_failure"),
+        callback_url=body.get("callback_url"),
     )
 
 

@@ -19,7 +19,7 @@ from jobq.errors import ConfigError, InvalidJob, UnknownTask
 from jobq.retry import DEFAULT_MAX_SNOOZES, RetryPolicy, retry_policy
 from jobq.schedules import InvalidSchedule, Schedule, make_schedule
 from jobq.settings import NAME_PATTERN
-from jobq.types import CONCURRENCY_RANGE, check_timeout
+from jobq.types import CONCURRENCY_RANGE, JobState, Parent, check_timeout
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,22 @@ class JobContext:
     #: Where ``progress`` reports go (the worker's ``jobq.worker.progress``); None: nowhere.
     report: Callable[[float, str | None], None] | None = field(default=None, compare=False,
                                                                repr=False)
+    #: Its parents (``depends_on``), by id, as they ended: for a child in a workflow.
+    parents: tuple[Parent, ...] = ()
+
+    @property
+    def parent_results(self) -> dict[int, Any]:
+        """The results of its parents that are done, by job id."""
+        return {p.id: p.result for p in self.parents if p.state is JobState.DONE}
+
+    @property
+    def parent_result(self) -> Any:
+        """The result of its one parent (a step of ``jobq.chain``); None without parents.
+        ValueError for a job with several (read ``parent_results``)."""
+        if len(self.parents) > 1:
+            raise ValueError("parent_result: this job has several parents; read "
+                             "parent_results")
+        return self.parents[0].result if self.parents else None
 
     def progress(self, fraction: float, message: str | None = None) -> None:
         """Say how far the job is, ``fraction`` from 0 to 1, with an optional ``message``:

@@ -11,7 +11,8 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from jobq import payloads, tracing
+from jobq import payloads, tracing, webhooks
+from jobq.store import workflows
 from jobq.coalesce import GroupCommit
 from jobq.errors import (
     InvalidJob,
@@ -47,6 +48,13 @@ MAX_RATE = 100_000.0
 def _whole(name: str, value: object, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidJob(name, f"must be an integer from {low} to {high}")
+
+
+def _ints(name: str, given: Any) -> tuple[int, ...]:
+    """A list of ids or indexes as NewJob takes it (it checks the values)."""
+    if isinstance(given, (str, bytes)) or not isinstance(given, (list, tuple)):
+        raise InvalidJob(name, "must be a list of integers")
+    return tuple(given)
 
 
 def _task_key(key: Any, payload: Any) -> str:
@@ -123,6 +131,9 @@ class JobService:
         meta: Mapping[str, Any] | None = None,
         timeout_seconds: float | None = None,
         trace_context: str | None = None,
+        depends_on: Sequence[int] = (),
+        on_parent_failure: str | None = None,
+        callback_url: str | None = None,
         allowed_queues: Collection[str] | None = None,
         connection: Any = None,
     ) -> EnqueueResult:
@@ -142,6 +153,10 @@ class JobService:
         jobs with that key run at once across the cluster; default: the task's key.
         ``timeout_seconds``: how long one attempt may run (default: the task's, else
         JOBQ_TIMEOUT_SECONDS); past it the attempt ends with outcome ``timeout``.
+        ``depends_on``: ids of jobs this one waits for (state ``waiting``) until all are
+        done; when one fails or is cancelled this one is cancelled too, unless
+        ``on_parent_failure="run"``. ``callback_url``: POSTed the job's end, signed
+        (``jobq.webhooks``; needs JOBQ_WEBHOOK_SECRET).
         ``tags`` (at most 10 names) and ``meta`` (a JSON object of at most 4 KiB) are kept
         with the job, for finding it (``list_jobs(tag=)``) and labelling it.
 
@@ -160,7 +175,8 @@ class JobService:
             concurrency_limit=concurrency_limit, tags=tags, meta=meta,
             timeout_seconds=timeout_seconds,
             trace_context=tracing.current_context() if trace_context is None else trace_context,
-            allowed_queues=allowed_queues,
+            depends_on=depends_on, on_parent_failure=on_parent_failure,
+            callback_url=callback_url, allowed_queues=allowed_queues,
         )
         if connection is not None:
             try:
@@ -168,6 +184,10 @@ class JobService:
             except JobqError as exc:
                 exc.index = None  # one job, not an item of a batch
                 raise
+        if workflows.needs_graph_path([new]):
+            # Not grouped: its parents are locked and read in its own transaction, and an
+            # error about them is its own.
+            return self.store.enqueue(new)
         return self._group.enqueue(new)
 
     async def enqueue_async(
@@ -183,6 +203,8 @@ class JobService:
         if options.get("trace_context") is None:
             options["trace_context"] = tracing.current_context()
         new = self._new_job(task_type, payload, allowed_queues=allowed_queues, **options)
+        if workflows.needs_graph_path([new]):
+            return await asyncio.to_thread(self.store.enqueue, new)
         result: EnqueueResult = await asyncio.wrap_future(self._group.submit(new))
         return result
 
@@ -265,6 +287,10 @@ class JobService:
         meta: Mapping[str, Any] | None = None,
         timeout_seconds: float | None = None,
         trace_context: str | None = None,
+        depends_on: Sequence[int] = (),
+        depends_on_items: Sequence[int] = (),
+        on_parent_failure: str | None = None,
+        callback_url: str | None = None,
         allowed_queues: Collection[str] | None = None,
     ) -> NewJob:
         if allowed_queues is not None and queue not in allowed_queues:
@@ -294,6 +320,11 @@ class JobService:
             meta=None if meta is None else dict(meta) if isinstance(meta, Mapping) else meta,
             timeout_seconds=timeout_seconds,
             trace_context=trace_context,
+            depends_on=_ints("depends_on", depends_on),
+            depends_on_items=_ints("depends_on_items", depends_on_items),
+            on_parent_failure=on_parent_failure,
+            callback_url=(None if callback_url is None
+                          else webhooks.check_callback(callback_url, self.settings)),
         )
 
     # ``allowed_queues`` (where taken): the queues the caller may see, from its API key; None
@@ -344,6 +375,34 @@ class JobService:
         return self.store.list_jobs(
             state=state, queue=queue, task_type=task_type, limit=limit, cursor=cursor, tag=tag
         )
+
+    def relatives(self, job_id: int) -> tuple[list[int], list[int]]:
+        """The ids of a job's parents and children (``depends_on``)."""
+        return self.store.relatives(job_id)
+
+    def workflow(self, job_id: int, *,
+                 allowed_queues: Collection[str] | None = None) -> dict[str, Any]:
+        """The graph of jobs that ``job_id`` belongs to, linked by ``depends_on`` either way:
+        ``{"id", "jobs": [{id, task_type, queue, state, attempts, last_error, finished_at,
+        parents}], "states": {state: n}, "final", "truncated"}``; jobs of queues the caller
+        does not see are left out. JobNotFound for a job the caller cannot see."""
+        if allowed_queues is not None:
+            self._visible(job_id, allowed_queues)
+        nodes, edges = self.store.workflow(job_id)
+        parents: dict[int, list[int]] = {}
+        for parent, child in edges:
+            parents.setdefault(child, []).append(parent)
+        seen = [n for n in nodes if allowed_queues is None or n.queue in allowed_queues]
+        states = {s.value: 0 for s in JobState}
+        for n in seen:
+            states[n.state] += 1
+        return {
+            "id": job_id,
+            "jobs": [{**n._mapping, "parents": parents.get(n.id, [])} for n in seen],
+            "states": states,
+            "final": all(JobState(n.state).is_final for n in seen),
+            "truncated": len(nodes) >= workflows.MAX_GRAPH,
+        }
 
     def cancel(self, job_id: int, *, allowed_queues: Collection[str] | None = None) -> Job:
         if allowed_queues is not None:

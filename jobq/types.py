@@ -173,6 +173,17 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Parent:
+    """A parent of a job, as its handler sees it (``ctx.parents``)."""
+
+    id: int
+    task_type: str
+    state: JobState
+    result: Any  # what it returned, when done
+    error: str | None  # its last error, when it failed or was cancelled
+
+
+@dataclass(frozen=True)
 class NewJob:
     """A job to enqueue. ``run_at`` (absolute) or ``delay_seconds`` (from the database's now).
 

@@ -16,6 +16,7 @@ from jobq.api.openapi import install_openapi
 from jobq.api.problems import install_problem_handlers, problem_response
 from jobq.api.routes import jobs, monitoring, queues
 from jobq.api.tasks import tasks
+from jobq.api.workflows import workflows
 from jobq.dashboard import install_dashboard
 from jobq.service import JobService
 from jobq.settings import Settings, load_settings
@@ -132,5 +133,6 @@ def create_app(settings: Settings | None = None, service: JobService | None = No
     app.include_router(monitoring)
     app.include_router(queues)
     app.include_router(tasks)
+    app.include_router(workflows)
     install_dashboard(app)  # /dashboard: HTML pages, their own session and CSRF checks
     return app

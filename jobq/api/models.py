@@ -9,7 +9,7 @@ or should not (absurd nesting, huge payloads); the routes give its refusals the 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -26,7 +26,9 @@ from jobq.types import (
     MAX_ATTEMPTS_RANGE,
     MAX_DELAY_SECONDS,
     MAX_META_BYTES,
+    MAX_PARENTS,
     MAX_TAGS,
+    MAX_URL_CHARS,
     MAX_TIMEOUT_SECONDS,
     NAME_PATTERN,
     PRIORITY_RANGE,
@@ -198,6 +200,21 @@ class EnqueueRequest(_JobSpec):
         "of JSON): labels for people and tools, not data for the task.",
         examples=[{"requested_by": "ana"}],
     )
+    depends_on: list[Annotated[int, Field(ge=1, le=2**63 - 1, strict=True)]] | None = Field(
+        None, max_length=MAX_PARENTS, description="Ids of jobs this one waits for (state "
+        "`waiting`) until every one is done. When one fails or is cancelled, this job is "
+        "cancelled too, unless on_parent_failure is `run`.")
+    depends_on_items: list[Annotated[int, Field(ge=0, strict=True)]] | None = Field(
+        None, max_length=MAX_PARENTS, description="In `POST /jobs/batch`: indexes of earlier "
+        "items of the batch that this one waits for, as for depends_on.")
+    on_parent_failure: Literal["cancel", "run"] | None = Field(
+        None, description="What a parent's failure or cancellation does to this job: "
+        "`cancel` (the default) or `run` (it counts as finished).")
+    callback_url: str | None = Field(
+        None, min_length=1, max_length=MAX_URL_CHARS, description="An http(s) URL that is "
+        "POSTed the job's end (id, state, result or error), signed with HMAC-SHA256 "
+        "(`X-Jobq-Signature`), with retries. Private and loopback addresses are refused "
+        "unless JOBQ_WEBHOOK_ALLOW_PRIVATE.")
 
     @field_validator("priority", "max_attempts", "delay_seconds", "unique_for",
                      "concurrency_limit", "timeout_seconds", mode="before")
@@ -318,6 +335,10 @@ class JobOut(_Out):
     progress_at: datetime | None = Field(description="When it was reported.")
     timeout_seconds: float | None = Field(
         None, description="Its own timeout of an attempt, if it was given one.")
+    parents_left: int | None = Field(
+        None, description="With depends_on: how many of its parents are not done yet.")
+    on_parent_failure: str | None = None
+    callback_url: str | None = None
 
 
 class BatchJobOut(JobOut):
@@ -333,6 +354,29 @@ class BatchOut(BaseModel):
 
 class JobDetail(JobOut):
     attempt_log: list[AttemptOut] = Field(description="Every attempt, oldest first.")
+    parents: list[int] = Field(default_factory=list,
+                               description="The jobs it waits (or waited) for.")
+    children: list[int] = Field(default_factory=list,
+                                description="The jobs that wait (or waited) for it.")
+
+
+class WorkflowNode(_Out):
+    id: int
+    task_type: str
+    queue: str
+    state: JobState
+    attempts: int
+    last_error: str | None
+    finished_at: datetime | None
+    parents: list[int] = Field(description="Its parents within the graph.")
+
+
+class WorkflowOut(BaseModel):
+    id: int = Field(description="The job asked for.")
+    jobs: list[WorkflowNode] = Field(description="Every job of its graph, by id.")
+    states: dict[str, int] = Field(description="How many jobs of the graph are in each state.")
+    final: bool = Field(description="Every job of the graph is done, failed or cancelled.")
+    truncated: bool = Field(description="The graph has more jobs than one answer holds.")
 
 
 class BulkRequest(BaseModel):
@@ -377,6 +421,7 @@ class StateCounts(BaseModel):
     done: int = 0
     failed: int = 0
     cancelled: int = 0
+    waiting: int = 0
 
 
 class WorkerOut(_Out):

@@ -49,7 +49,7 @@ from jobq.metrics import PROMETHEUS_TEXT, cluster_metrics
 from jobq.payloads import InvalidPayload
 from jobq.service import JobService
 from jobq.settings import NAME_PATTERN
-from jobq.types import JobState
+from jobq.types import Job, JobState
 from jobq.waits import MAX_WAIT_SECONDS
 
 log = logging.getLogger("jobq.api")
@@ -203,6 +203,10 @@ def _spec(spec: EnqueueRequest | EnqueueQuery) -> dict[str, Any]:
         # The JSON body only: the query form has no lists or objects.
         "tags": getattr(spec, "tags", None) or (),
         "meta": getattr(spec, "meta", None),
+        "depends_on": getattr(spec, "depends_on", None) or (),
+        "depends_on_items": getattr(spec, "depends_on_items", None) or (),
+        "on_parent_failure": getattr(spec, "on_parent_failure", None),
+        "callback_url": getattr(spec, "callback_url", None),
     }
 
 
@@ -317,7 +321,7 @@ async def get_job(
     queues = caller.allowed_queues
     if not wait:
         job = await run_in_threadpool(service.get, job_id, allowed_queues=queues)
-        return JobDetail.model_validate(job)
+        return await _detail(service, job)
     # The wait holds no thread and no connection; a client that goes away ends it at once.
     waiting = asyncio.ensure_future(service.wait_async(job_id, wait, allowed_queues=queues))
     gone = asyncio.ensure_future(_disconnected(request))
@@ -329,7 +333,15 @@ async def get_job(
             waiting.cancel()
     if not waiting.done() or waiting.cancelled():
         return Response(status_code=499)  # the client is gone: nobody reads this
-    return JobDetail.model_validate(waiting.result())
+    return await _detail(service, waiting.result())
+
+
+async def _detail(service: JobService, job: Job) -> JobDetail:
+    """A job with its attempts, parents and children."""
+    parents, children = await run_in_threadpool(service.relatives, job.id)
+    detail = JobDetail.model_validate(job)
+    detail.parents, detail.children = parents, children
+    return detail
 
 
 async def _disconnected(request: Request) -> None:

@@ -19,10 +19,11 @@ from jobq.store.queries import Queries
 from jobq.store.queues import Queues
 from jobq.store.schedules import Schedules
 from jobq.store.tooling import Tooling
+from jobq.store.workflows import WorkflowReads
 
 
 class SqlStore(Enqueue, Queries, Leases, BulkOperator, Queues, Maintenance, Schedules, ApiKeys,
-               Tooling, Progress, DashboardReads):
+               Tooling, Progress, DashboardReads, WorkflowReads):
     """Jobs, attempts, workers, queues, schedules and API keys in a SQL database. Thread-safe; one per
     process. Made by ``open_store``."""
 

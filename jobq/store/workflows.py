@@ -35,11 +35,12 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
 from sqlalchemy.sql import literal
 
-from jobq.errors import InvalidJob
+from jobq.errors import InvalidJob, JobNotFound
+from jobq.store.base import StoreBase, translate
 from jobq.store.exprs import db_now, seconds_from_now
 from jobq.store.rows import job_of
 from jobq.store.tables import dependencies, jobs
-from jobq.types import EnqueueResult, JobState, NewJob
+from jobq.types import EnqueueResult, JobState, NewJob, Parent
 
 PENDING, RUNNING, WAITING = (JobState.PENDING.value, JobState.RUNNING.value,
                              JobState.WAITING.value)
@@ -311,3 +312,29 @@ def graph(conn: Connection, job_id: int) -> tuple[list[Any], list[tuple[int, int
     kept = {n.id for n in nodes}
     return nodes, sorted(e for e in edges if e[0] in kept and e[1] in kept)
 
+
+
+class WorkflowReads(StoreBase):
+    """What the API and the worker read of workflows."""
+
+    @translate
+    def relatives(self, job_id: int) -> tuple[list[int], list[int]]:
+        """The ids of a job's parents and of its children."""
+        with self.read() as conn:
+            return relatives(conn, job_id)
+
+    @translate
+    def parents(self, job_id: int) -> list[Parent]:
+        """A job's parents as its handler sees them (``ctx.parents``), by id."""
+        with self.read() as conn:
+            return [Parent(r.id, r.task_type, JobState(r.state), r.result, r.last_error)
+                    for r in parents_of(conn, job_id)]
+
+    @translate
+    def workflow(self, job_id: int) -> tuple[list[Any], list[tuple[int, int]]]:
+        """The graph ``job_id`` belongs to: its jobs (id, task_type, queue, state, attempts,
+        last_error, finished_at) and edges (parent, child); JobNotFound for no such job."""
+        with self.read() as conn:
+            if conn.execute(select(jobs.c.id).where(jobs.c.id == job_id)).first() is None:
+                raise JobNotFound(job_id)
+            return graph(conn, job_id)

@@ -26,7 +26,7 @@ from jobq.errors import Cancel, JobTimeout, Snooze
 from jobq.jsonvalue import check_json_value, storable_text
 from jobq.registry import JobContext, Task, TaskRegistry
 from jobq.retry import Backoff
-from jobq.types import Cancelled, ClaimedJob, Failure, Outcome, Snoozed, Success
+from jobq.types import Cancelled, ClaimedJob, Failure, Outcome, Parent, Snoozed, Success
 from jobq.worker.processes import ProcessPool
 from jobq.worker.threads import HandlerThreads
 
@@ -131,7 +131,8 @@ async def classified(task: Task, payload: Any, ctx: JobContext, backoff: Backoff
 async def run_claimed(claimed: ClaimedJob, registry: TaskRegistry, worker_id: str,
                       stopped: threading.Event, backoff: Backoff | None = None,
                       report: Callable[[float, str | None], None] | None = None,
-                      default_timeout: float | None = None) -> Outcome:
+                      default_timeout: float | None = None,
+                      parents: tuple[Parent, ...] = ()) -> Outcome:
     """A claimed job's Outcome: its handler run with its context, within its timeout (the
     job's, else its task's, else ``default_timeout``). A task type this worker has no handler
     for is a Failure too (the job may be retried by a worker that has one)."""
@@ -148,7 +149,7 @@ async def run_claimed(claimed: ClaimedJob, registry: TaskRegistry, worker_id: st
     ctx = JobContext(
         job_id=job.id, attempt=lease.attempt, max_attempts=lease.max_attempts,
         queue=job.queue, task_type=job.task_type, worker_id=worker_id, stopped=stopped,
-        report=report,
+        report=report, parents=parents,
     )
     timeout = job.timeout_seconds or task.timeout_seconds or default_timeout or None
     return await execute(task, payload, ctx, backoff, timeout, raw_payload=job.payload)

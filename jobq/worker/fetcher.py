@@ -21,7 +21,7 @@ from jobq.registry import TaskRegistry
 from jobq.retry import Backoff
 from jobq.settings import Settings
 from jobq.store import SqlStore
-from jobq.types import ClaimedJob
+from jobq.types import ClaimedJob, Failure
 from jobq.worker.db import Db
 from jobq.worker.executor import run_claimed
 from jobq.worker.loop import jittered, sleep
@@ -106,9 +106,13 @@ class Fetcher:
         began = time.monotonic()
         reports = ProgressReports(self.store, self.db, lease)
         try:
+            parents = (() if running.claimed.job.parents_left is None  # no workflow
+                       else tuple(await self.db.call(self.store.parents, lease.job_id)))
             outcome = await tracing.traced(running.claimed, run_claimed(  # in its span
                 running.claimed, self.registry, self.worker_id, running.stopped, self.backoff,
-                reports.report, self.settings.timeout_seconds or None))
+                reports.report, self.settings.timeout_seconds or None, parents))
+        except StoreUnavailable as exc:  # its parents could not be read: a failed attempt
+            outcome = Failure(f"StoreUnavailable: its parents could not be read: {exc}", "")
         except asyncio.CancelledError:
             reports.drop()
             if not running.taken_away:

@@ -55,7 +55,8 @@ class _Child:
                   backoff: Backoff | None) -> Outcome:
         fields = {"job_id": ctx.job_id, "attempt": ctx.attempt,
                   "max_attempts": ctx.max_attempts, "queue": ctx.queue,
-                  "task_type": ctx.task_type, "worker_id": ctx.worker_id}
+                  "task_type": ctx.task_type, "worker_id": ctx.worker_id,
+                  "parents": ctx.parents}
         self.conn.send(("run", module, task_name, payload, fields, backoff))
         self.jobs += 1
         while True:

@@ -43,6 +43,7 @@ JOB_KEYS = {
     "created_at", "started_at", "finished_at", "unique_key", "unique_for", "concurrency_key",
     "concurrency_limit",
     "tags", "meta", "progress", "progress_message", "progress_at", "timeout_seconds",
+    "parents_left", "on_parent_failure", "callback_url",
 }
 STATES = {"pending", "running", "done", "failed", "cancelled", "waiting"}
 
@@ -630,7 +631,7 @@ def test_get_job_with_its_attempts(client: httpx.Client, store: SqlStore) -> Non
     resp = client.get(f"/jobs/{job['id']}")
     assert resp.status_code == 200
     got = resp.json()
-    assert set(got) == JOB_KEYS | {"attempt_log"}
+    assert set(got) == JOB_KEYS | {"attempt_log", "parents", "children"}
     assert got["state"] == "failed" and got["attempts"] == 2
     assert got["last_error"] == "boom 2" and got["finished_at"] is not None
     log = got["attempt_log"]
@@ -962,7 +963,7 @@ def test_docs_and_openapi(client: httpx.Client) -> None:
         ("/schedules", "get"), ("/queues", "get"), ("/queues/{name}/pause", "post"),
         ("/queues/{name}/resume", "post"), ("/tasks", "get"), ("/tasks/{task_type}/jobs", "post"),
         ("/jobs/cancel", "post"), ("/jobs/retry", "post"), ("/metrics", "get"),
-        ("/queues/{name}", "patch"),
+        ("/queues/{name}", "patch"), ("/workflows/{job_id}", "get"),
     }
     # Not the typed path of each task with a payload model (tests/api/test_typed_payloads.py):
     # which tasks the process has imported depends on the tests that ran before.
@@ -1032,7 +1033,7 @@ def test_get_with_wait_answers_when_the_job_is_done(client: httpx.Client, store:
     assert got.status_code == 200, got.text
     assert (got.json()["state"], got.json()["result"]) == ("done", "ok")
     assert 0.25 < time.monotonic() - began < 5
-    assert set(got.json()) == JOB_KEYS | {"attempt_log"}
+    assert set(got.json()) == JOB_KEYS | {"attempt_log", "parents", "children"}
 
 
 def test_get_with_wait_answers_after_its_seconds_with_the_job_as_it_is(

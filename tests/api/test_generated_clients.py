@@ -151,7 +151,7 @@ def test_document_says_what_generators_need(document: Path) -> None:
                           and path != "/tasks/{task_type}/jobs")) == sorted(
         [*PY_OPERATIONS, "stats", "healthz", "list_schedules", "list_queues", "pause_queue",
          "resume_queue", "list_tasks", "submit_task_job", "cancel_jobs", "retry_jobs", "metrics",
-         "set_queue_limits"])
+         "set_queue_limits", "get_workflow"])
     for (path, method), op in operations.items():
         for status, response in op["responses"].items():
             if int(status) >= 400:  # problems, under the media type the server sends

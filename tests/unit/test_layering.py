@@ -26,7 +26,7 @@ LAYER_OF = {
     "types": "domain", "errors": "domain", "settings": "domain", "jsonvalue": "domain",
     "keys": "domain", "retry": "domain", "registry": "domain", "builtin_tasks": "domain",
     "schedules": "domain", "payloads": "domain", "metrics": "domain", "tracing": "domain",
-    "webhooks": "domain",
+    "webhooks": "domain", "chains": "domain",
     "store": "store", "migrations": "migrations",
     "service": "service", "coalesce": "service", "waits": "service",
     "worker": "worker",
