@@ -9,9 +9,9 @@ import typer
 
 def chaos(
     campaigns: Annotated[Optional[list[str]], typer.Argument(
-        help="Campaign numbers (1-17); default: all, or the CI set with --reduced")] = None,
+        help="Campaign numbers (1-18); default: all, or the CI set with --reduced")] = None,
     reduced: Annotated[bool, typer.Option("--reduced", help="Smaller counts; campaigns "
-                                          "1-4, 7, 12, 16 and 17 unless others are named")] = False,
+                                          "1-4, 7, 12 and 16-18 unless others are named")] = False,
     pg_url: Annotated[str, typer.Option("--pg-url", envvar="JOBQ_TEST_POSTGRES_URL",
                                         help="PostgreSQL server to create throw-away "
                                         "databases on")] = "postgresql://postgres@127.0.0.1:5432/test",

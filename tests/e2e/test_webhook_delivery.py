@@ -358,3 +358,44 @@ def test_https_checks_the_certificate_against_the_name_not_the_address(
         assert job.state is JobState.FAILED and receiver.requests == []
         assert "WebhookRetry" in (job.last_error or "")
         assert "CERTIFICATE_VERIFY_FAILED" in (job.last_error or ""), job.last_error
+
+
+def test_a_job_with_a_callback_url_is_delivered_after_the_receiver_was_down_for_10_s(
+        store: SqlStore, fast: Settings, registry: TaskRegistry) -> None:
+    """The whole path: the job runs, its completion enqueues the delivery in the same
+    transaction, and the delivery retries until the receiver is up, 10 s later."""
+    settings = fast.model_copy(update={"webhook_max_attempts": 1000})
+    store.settings = settings  # the completing store seals with the secret
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/hook"
+    ok = store.enqueue(NewJob("echo", {"n": 1}, callback_url=url)).job
+    bad = store.enqueue(NewJob("fail", 2, max_attempts=1, callback_url=url)).job
+    began = time.monotonic()
+    started: list[Receiver] = []
+
+    def open_after_10_s() -> None:
+        if not started and time.monotonic() - began > 10:
+            started.append(Receiver(port=port))
+
+    def delivered() -> bool:
+        return bool(started) and len(started[0].requests) >= 2 and all(
+            j.state.is_final for j in store.list_jobs(task_type="jobq.webhook", limit=10).items)
+
+    try:
+        serve(store, settings, registry, delivered, open_after_10_s, limit=60)
+    finally:
+        for r in started:
+            r.close()
+    deliveries = store.list_jobs(task_type="jobq.webhook", limit=10).items
+    assert len(deliveries) == 2 and all(d.state is JobState.DONE for d in deliveries)
+    assert all(d.attempts > 1 for d in deliveries)  # refused while the receiver was down
+    bodies = {}
+    for path, headers, body in started[0].requests:
+        assert webhooks.verify(SECRET, headers["X-Jobq-Signature"], body)
+        got = json.loads(body)
+        bodies[got["job_id"]] = got
+    assert len(started[0].requests) == 2  # once each
+    assert bodies[ok.id]["state"] == "done" and bodies[ok.id]["result"] == {"n": 1}
+    assert bodies[bad.id]["state"] == "failed" and "DemoFailure" in bodies[bad.id]["error"]

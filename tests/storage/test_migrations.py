@@ -36,7 +36,7 @@ from jobq.store.tables import attempts, jobs, metadata
 from jobq.types import AttemptOutcome, JobState, NewJob
 
 TABLES = {"jobq_jobs", "jobq_attempts", "jobq_workers", "jobq_api_keys", "jobq_schedules",
-          "jobq_queues"}
+          "jobq_queues", "jobq_dependencies"}
 
 
 @pytest.fixture
@@ -419,6 +419,49 @@ def test_0012_adds_the_trace_context_and_keeps_every_job(fresh_url: Callable[[],
         downgrade(engine, "0011")
         assert "trace_context" not in {
             c["name"] for c in inspect(engine).get_columns("jobq_jobs")}
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM jobq_jobs")).scalar() == 2
+        migrate(engine)
+        assert _diffs(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_0013_adds_workflows_and_keeps_every_job_and_attempt(
+        fresh_url: Callable[[], str]) -> None:
+    """From 0012 with a job and its attempt: the columns and the dependencies come (on
+    SQLite the jobs table is rebuilt, its attempts still referencing it, no id handed out
+    again), the old job has no parents; a graph can be made and run; back to 0012 only once
+    no job waits."""
+    engine = _engine(fresh_url())
+    try:
+        migrate(engine, "0012")
+        old = _raw_job(engine, payload={"n": 1})
+        gone = _raw_job(engine, payload={"n": 2})
+        now = datetime.now(timezone.utc)
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO jobq_attempts (job_id, attempt, worker_id, lease_token, "
+                "started_at, finished_at, outcome, error) VALUES (:j, 1, 'w', :t, :s, :s, "
+                "'error', 'boom')"),
+                {"j": old, "t": "t" * 32,
+                 "s": now.timestamp() if engine.dialect.name == "sqlite" else now})
+            conn.execute(text("DELETE FROM jobq_jobs WHERE id = :i"), {"i": gone})
+        migrate(engine)
+        assert current_revision(engine) == head_revision()
+        assert _diffs(engine) == []
+        store = SqlStore(engine)
+        kept = store.get(old)
+        assert (kept.parents_left, kept.on_final, kept.callback_url) == (None, None, None)
+        assert [a.error for a in kept.attempt_log] == ["boom"]
+        child = store.enqueue(NewJob("echo", depends_on=(old,))).job
+        assert child.id > gone and child.state is JobState.WAITING
+        assert store.relatives(child.id) == ([old], [])
+        with pytest.raises(RuntimeError, match="wait for their parents"):
+            downgrade(engine, "0012")
+        store.cancel(child.id)
+        downgrade(engine, "0012")
+        assert "jobq_dependencies" not in inspect(engine).get_table_names()
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM jobq_jobs")).scalar() == 2
         migrate(engine)

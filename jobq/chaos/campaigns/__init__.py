@@ -12,6 +12,7 @@ from jobq.chaos.campaigns.jobs import baseline, heartbeats, poison_pills, retry_
 from jobq.chaos.campaigns.limits import limits_under_kills
 from jobq.chaos.campaigns.network import partition_in_transaction, partitions
 from jobq.chaos.campaigns.schedules import periodic_kills
+from jobq.chaos.campaigns.workflows import workflows_under_kills
 from jobq.chaos.campaigns.processes import (
     api_kills,
     sigterm_drain,
@@ -41,14 +42,15 @@ CAMPAIGNS: dict[str, Campaign] = {
     "15": failover,
     "16": periodic_kills,
     "17": limits_under_kills,
+    "18": workflows_under_kills,
 }
 #: The reduced run that CI does.
-REDUCED = ["1", "2", "3", "4", "7", "12", "16", "17"]
+REDUCED = ["1", "2", "3", "4", "7", "12", "16", "17", "18"]
 
 __all__ = [
     "CAMPAIGNS", "REDUCED", "Campaign", "Check", "Ctx",
     "baseline", "worker_kills", "database_faults", "api_kills", "zombies", "sigterm_drain",
     "poison_pills", "retry_storm", "heartbeats", "skewed_clocks", "pool_exhaustion",
     "sqlite_kills", "partitions", "partition_in_transaction", "failover", "periodic_kills",
-    "limits_under_kills",
+    "limits_under_kills", "workflows_under_kills",
 ]
