@@ -104,7 +104,9 @@ async def job(request: Request, job_id: str) -> Response:
         if not (job_id.isascii() and job_id.isdigit()) or not 1 <= int(job_id) < 2**63:
             raise BadInput("a job's id is a positive integer")
         j = service.get(int(job_id), allowed_queues=who.allowed)
-        return "job.html", {"job": j, "final": JobState(j.state).is_final}
+        parents, children = service.relatives(j.id)
+        return "job.html", {"job": j, "final": JobState(j.state).is_final,
+                            "parents": parents, "children": children}
     return await show(request, build)
 
 

@@ -51,6 +51,19 @@ def test_every_page_renders_and_shows_user_data_as_text(
     assert f"#{hostile} echo" in overview  # the oldest waiting job
 
 
+def test_a_job_page_links_its_parents_and_children(web: httpx.Client,
+                                                   svc: JobService) -> None:
+    a, b, c = [r.job.id for r in svc.enqueue_many([
+        {"task_type": "echo"}, {"task_type": "echo", "depends_on_items": [0]},
+        {"task_type": "echo", "depends_on_items": [1]}])]
+    page = web.get(f"/dashboard/jobs/{b}").text
+    assert f'<dd id="parents"><a href="/dashboard/jobs/{a}">#{a}</a>' in page
+    assert f'<dd id="children"><a href="/dashboard/jobs/{c}">#{c}</a>' in page
+    assert "waiting for</dt><dd>1 parent(s)" in page and "Cancel" in page
+    assert 'id="parents"' not in web.get(f"/dashboard/jobs/{a}").text
+    assert "waiting" in web.get("/dashboard/jobs?state=waiting").text
+
+
 def test_static_assets_are_served_from_the_package(web: httpx.Client) -> None:
     for name, kind in (("dashboard.js", "javascript"), ("dashboard.css", "text/css"),
                        ("favicon.svg", "image/svg+xml")):
