@@ -184,6 +184,10 @@ class TaskRegistry:
         except KeyError:
             raise UnknownTask(name, list(self._tasks)) from None
 
+    def find(self, name: str) -> Task | None:
+        """The task of that name, or None."""
+        return self._tasks.get(name)
+
     def __contains__(self, name: object) -> bool:
         return name in self._tasks
 

@@ -4,11 +4,12 @@ Where a handler runs: an ``async def`` on the worker's event loop, a ``def`` on 
 worker's threads (``threads.py``), and a task with ``isolation="process"`` in a child process
 (``processes.py``), where it is classified the same way and its Outcome sent back.
 
-A timeout (the job's ``timeout_seconds``, else its task's, else JOBQ_TIMEOUT_SECONDS) cancels
-the wait for the handler and ends the attempt as a Failure with ``timed_out``: an async
-handler is cancelled, a child process terminated (then killed), and a thread, which nothing
-can stop, is abandoned with ``ctx.stopped`` set (``threads.py`` counts it; the worker starts
-afresh past JOBQ_MAX_ABANDONED_THREADS).
+A timeout (``timeout_of``: the job's ``timeout_seconds``, else its task's, else
+JOBQ_TIMEOUT_SECONDS) is watched by the worker (``Slots.expire``, one loop for all jobs, not
+a timer per job), which cancels the wait for the handler; the attempt ends as
+``timed_out``'s Failure: an async handler is cancelled, a child process terminated (then
+killed), and a thread, which nothing can stop, is abandoned with ``ctx.stopped`` set
+(``threads.py`` counts it; the worker starts afresh past JOBQ_MAX_ABANDONED_THREADS).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from jobq.errors import Cancel, JobTimeout, Snooze
 from jobq.jsonvalue import check_json_value, storable_text
 from jobq.registry import JobContext, Task, TaskRegistry
 from jobq.retry import Backoff
-from jobq.types import Cancelled, ClaimedJob, Failure, Outcome, Parent, Snoozed, Success
+from jobq.types import Cancelled, ClaimedJob, Failure, Job, Outcome, Parent, Snoozed, Success
 from jobq.worker.processes import ProcessPool
 from jobq.worker.threads import HandlerThreads
 
@@ -41,53 +42,40 @@ def abandoned_threads() -> int:
 
 
 async def execute(task: Task, payload: Any, ctx: JobContext, backoff: Backoff | None = None,
-                  timeout: float | None = None, *, raw_payload: Any = None) -> Outcome:
-    """The handler's Outcome, within ``timeout`` seconds (None: no limit). ``backoff`` is
-    the worker's, for what the task leaves out (None: the completer's). ``raw_payload``: the
-    payload as stored, which a child process parses again (process isolation).
+                  *, raw_payload: Any = None) -> Outcome:
+    """The handler's Outcome. ``backoff`` is the worker's, for what the task leaves out
+    (None: the completer's). ``raw_payload``: the payload as stored, which a child process
+    parses again (process isolation).
 
     asyncio.CancelledError is not an outcome: it propagates, because it means the worker took
-    the job away (lease lost, job cancelled, or shutdown past the grace period).
+    the job away (lease lost, job cancelled, shutdown past the grace period) or stopped it at
+    its timeout (``Slots.expire``; the fetcher then makes it ``timed_out``'s Failure).
     """
     if task.isolation == "process":
-        run = _processes.run(task.fn.__module__, task.name, raw_payload, ctx, backoff)
-    else:
-        run = classified(task, payload, ctx, backoff)
-    if timeout is None:
-        return await run
-    current = asyncio.current_task()
-    assert current is not None
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        ctx.stopped.set()  # a def handler that looks at it may stop by itself
-        current.cancel()
-
-    timer = asyncio.get_running_loop().call_later(timeout, expire)
-    try:
-        return await run
-    except asyncio.CancelledError:
-        if not expired:
-            raise
-        uncancel = getattr(current, "uncancel", None)  # 3.11+: this cancel is handled here
-        if uncancel is not None:
-            uncancel()
-        return timed_out(task, ctx, backoff, timeout)
-    finally:
-        timer.cancel()
+        return await _processes.run(task.fn.__module__, task.name, raw_payload, ctx, backoff)
+    return await classified(task, payload, ctx, backoff)
 
 
-def timed_out(task: Task, ctx: JobContext, backoff: Backoff | None, seconds: float) -> Failure:
+def timeout_of(job: Job, registry: TaskRegistry, default: float | None) -> float | None:
+    """How long one attempt of ``job`` may run: its own timeout, else its task's, else
+    ``default`` (JOBQ_TIMEOUT_SECONDS; None or 0: none)."""
+    if job.timeout_seconds:
+        return job.timeout_seconds
+    task = registry.find(job.task_type)  # unknown: it fails at once anyway
+    return (task.timeout_seconds if task is not None else None) or default or None
+
+
+def timed_out(claimed: ClaimedJob, registry: TaskRegistry, backoff: Backoff | None,
+              seconds: float) -> Failure:
     """The Failure of an attempt stopped by its timeout: retried or not by the task's policy,
     as if the handler had raised JobTimeout."""
     exc = JobTimeout(seconds)
-    final = not task.policy.retries(exc)
-    return Failure(
-        error=f"JobTimeout: {exc}", traceback="", final=final, timed_out=True,
-        retry_delay=None if final or backoff is None else task.policy.delay(ctx.attempt, backoff),
-    )
+    task = registry.find(claimed.job.task_type)
+    final = task is not None and not task.policy.retries(exc)
+    delay = (None if final or backoff is None or task is None
+             else task.policy.delay(claimed.lease.attempt, backoff))
+    return Failure(error=f"JobTimeout: {exc}", traceback="", final=final, timed_out=True,
+                   retry_delay=delay)
 
 
 async def classified(task: Task, payload: Any, ctx: JobContext, backoff: Backoff | None,
@@ -131,11 +119,9 @@ async def classified(task: Task, payload: Any, ctx: JobContext, backoff: Backoff
 async def run_claimed(claimed: ClaimedJob, registry: TaskRegistry, worker_id: str,
                       stopped: threading.Event, backoff: Backoff | None = None,
                       report: Callable[[float, str | None], None] | None = None,
-                      default_timeout: float | None = None,
                       parents: tuple[Parent, ...] = ()) -> Outcome:
-    """A claimed job's Outcome: its handler run with its context, within its timeout (the
-    job's, else its task's, else ``default_timeout``). A task type this worker has no handler
-    for is a Failure too (the job may be retried by a worker that has one)."""
+    """A claimed job's Outcome: its handler run with its context. A task type this worker
+    has no handler for is a Failure too (the job may be retried by a worker that has one)."""
     job, lease = claimed.job, claimed.lease
     try:
         task = registry.get(job.task_type)
@@ -151,8 +137,7 @@ async def run_claimed(claimed: ClaimedJob, registry: TaskRegistry, worker_id: st
         queue=job.queue, task_type=job.task_type, worker_id=worker_id, stopped=stopped,
         report=report, parents=parents,
     )
-    timeout = job.timeout_seconds or task.timeout_seconds or default_timeout or None
-    return await execute(task, payload, ctx, backoff, timeout, raw_payload=job.payload)
+    return await execute(task, payload, ctx, backoff, raw_payload=job.payload)
 
 
 def close_processes() -> None:

@@ -23,7 +23,7 @@ from jobq.settings import Settings
 from jobq.store import SqlStore
 from jobq.types import ClaimedJob, Failure
 from jobq.worker.db import Db
-from jobq.worker.executor import run_claimed
+from jobq.worker.executor import run_claimed, timed_out, timeout_of
 from jobq.worker.loop import jittered, sleep
 from jobq.worker.progress import ProgressReports
 from jobq.worker.slots import Running, Slots, fence_at
@@ -96,6 +96,9 @@ class Fetcher:
     def start(self, claimed: ClaimedJob, sent: float) -> Running:
         metrics.started(claimed.job)
         running = self.slots.add(claimed, sent)
+        running.timeout = timeout_of(claimed.job, self.registry, self.settings.timeout_seconds)
+        if running.timeout is not None:
+            running.deadline = time.monotonic() + running.timeout  # Slots.expire watches it
         running.task = asyncio.create_task(self._work(running), name=f"job-{claimed.job.id}")
         return running
 
@@ -110,14 +113,21 @@ class Fetcher:
                        else tuple(await self.db.call(self.store.parents, lease.job_id)))
             outcome = await tracing.traced(running.claimed, run_claimed(  # in its span
                 running.claimed, self.registry, self.worker_id, running.stopped, self.backoff,
-                reports.report, self.settings.timeout_seconds or None, parents))
+                reports.report, parents))
         except StoreUnavailable as exc:  # its parents could not be read: a failed attempt
             outcome = Failure(f"StoreUnavailable: its parents could not be read: {exc}", "")
         except asyncio.CancelledError:
             reports.drop()
-            if not running.taken_away:
+            if running.taken_away:
+                outcome = None
+            elif running.timed_out:  # stopped by Slots.expire: this cancel is handled here
+                uncancel = getattr(asyncio.current_task(), "uncancel", None)  # 3.11+
+                if uncancel is not None:
+                    uncancel()
+                outcome = timed_out(running.claimed, self.registry, self.backoff,
+                                    running.timeout or 0.0)
+            else:
                 raise
-            outcome = None
         metrics.ended(running.claimed, outcome, time.monotonic() - began)
         if outcome is not None and not running.taken_away:
             await reports.flush()  # the last report is written before the outcome

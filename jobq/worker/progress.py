@@ -83,6 +83,8 @@ class ProgressReports:
     async def flush(self) -> None:
         """Write the latest report now, if one is waiting (the handler has returned): a
         writer already under way writes it without its pause; else it is written here."""
+        if self._writer is None and self._latest is None:
+            return  # the handler reported nothing (most jobs): no write, no await
         self._hurry = True
         writer = self._writer
         if writer is not None and not writer.done():
@@ -94,6 +96,8 @@ class ProgressReports:
 
     def drop(self) -> None:
         """Forget what is not written (the job was taken away, or is over)."""
+        if self._writer is None and self._latest is None:
+            return
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
         with self._lock:

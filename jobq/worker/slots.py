@@ -39,6 +39,11 @@ class Running:
     stopped: threading.Event = field(default_factory=threading.Event)
     lost: bool = False  # the lease is gone: the outcome must not be written
     released: bool = False  # given back at shutdown
+    #: Its timeout (seconds, None: none) and when it runs out (monotonic); set once its
+    #: handler was stopped for it, which makes the outcome a timed-out failure.
+    timeout: float | None = None
+    deadline: float = float("inf")
+    timed_out: bool = False
 
     @property
     def taken_away(self) -> bool:
@@ -148,6 +153,25 @@ class Slots:
             log.warning("job %s: %s; stopping its handler", running.claimed.job.id, why)
             if running.task is not None:
                 running.task.cancel()
+
+    def expire(self, now: float) -> float:
+        """Stop the handlers past their deadline (``Running.timed_out``); return how long
+        until the next deadline, at most a second (a tenth of a second while a job with a
+        timeout under ten seconds runs, so that short timeouts stay close)."""
+        upcoming = 1.0
+        for r in self._running.values():
+            if r.timed_out or r.taken_away or r.task is None:
+                continue
+            if r.deadline <= now:
+                r.timed_out = True
+                r.stopped.set()  # a def handler that looks at it may stop by itself
+                log.warning("job %s: past its timeout of %gs; stopping its handler",
+                            r.claimed.job.id, r.timeout)
+                r.task.cancel()
+            else:
+                upcoming = min(upcoming, r.deadline - now,
+                               0.1 if (r.timeout or 10) < 10 else 1.0)
+        return max(0.01, upcoming)
 
     def renewed(self, tokens: Collection[str], sent: float) -> None:
         """A heartbeat sent at ``sent`` renewed the leases of ``tokens``."""

@@ -98,6 +98,9 @@ class Worker:
             self.stop()
         return 1.0
 
+    async def _expire(self) -> float:
+        return self.slots.expire(time.monotonic())
+
     def stop(self) -> None:
         """Begin a graceful stop; a second call cuts the grace period short."""
         if self._stopping.is_set():
@@ -160,6 +163,8 @@ class Worker:
         )]
         side.append(asyncio.create_task(run_loop("threads", self.watch_threads,
                                                  self._stopping)))
+        side.append(asyncio.create_task(run_loop(
+            "timeouts", self._expire, until)))
         if self.settings.scheduler_enabled and self.scheduler.schedules:
             # Ends with the claims: a stopping worker enqueues nothing more.
             side.append(asyncio.create_task(
