@@ -92,7 +92,10 @@ def queues_list(
         typer.echo(json.dumps([_queue_json(q) for q in found], indent=2))
         return
     table = Table(title=f"queues ({len(found)})")
-    states = list(found[0].jobs) if found else []
+    # Waiting jobs (workflows) get a column only where there are some: the table stays
+    # within a terminal's width otherwise.
+    states = [s for s in (found[0].jobs if found else ())
+              if s != "waiting" or any(q.jobs.get(s) for q in found)]
     for col in ("queue", "paused", "limits", *states):
         table.add_column(col, justify="left" if col in ("queue", "paused", "limits")
                          else "right")

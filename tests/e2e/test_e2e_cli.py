@@ -117,7 +117,8 @@ def test_the_briefs_commands(db_url: str, procs: Procs) -> None:
 
     stats = httpx.get(f"{base}/stats").json()
     assert stats["jobs"]["done"] == 1
-    assert set(stats["jobs"]) == {"pending", "running", "done", "failed", "cancelled"}
+    assert set(stats["jobs"]) == {"pending", "running", "done", "failed", "cancelled",
+                                  "waiting"}
     assert httpx.get(f"{base}/docs").status_code == 200
 
     os.kill(worker.pid, signal.SIGTERM)
