@@ -89,13 +89,14 @@ def jobs_show(
     job_id: Annotated[int, typer.Argument(help="The job's id")],
     as_json: AsJson = False, database_url: DbUrl = None,
 ) -> None:
-    """Show one job with every attempt, its error and traceback."""
+    """Show one job with every attempt, its error and traceback, its parents and children."""
     from rich.console import Console
     from rich.markup import escape
 
     with service(_settings(database_url=database_url)) as svc:
         job = svc.get(job_id)
-    data = _job_json(job, attempts=True)
+        parents, children = svc.relatives(job_id)
+    data = {**_job_json(job, attempts=True), "parents": parents, "children": children}
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return

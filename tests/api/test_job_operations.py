@@ -158,6 +158,11 @@ def test_cli_jobs_list_show_cancel_retry(settings: Settings, service: JobService
     assert shown["id"] == ids[0] and shown["attempt_log"][0]["error"] == "boom"
     out = jobq_cli(settings, "jobs", "show", str(ids[0]))
     assert out.returncode == 0 and "attempt 1" in out.stdout
+    child = service.enqueue("echo", depends_on=[ids[0]]).job.id  # cancelled: its parent failed
+    shown = json.loads(jobq_cli(settings, "jobs", "show", str(child), "--json").stdout)
+    assert (shown["parents"], shown["state"]) == ([ids[0]], "cancelled")
+    assert json.loads(jobq_cli(settings, "jobs", "show", str(ids[0]), "--json").stdout)[
+        "children"] == [child]
 
     out = jobq_cli(settings, "jobs", "retry", "--state", "failed", "--queue", "emails")
     assert out.returncode == 0, out.stderr
