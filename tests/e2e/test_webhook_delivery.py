@@ -4,7 +4,6 @@ HTTP receiver on 127.0.0.1 in a thread. Both backends."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import socket
@@ -25,7 +24,7 @@ from jobq.registry import TaskRegistry, load_registry
 from jobq.settings import Settings, load_settings
 from jobq.store import SqlStore
 from jobq.types import Job, JobState, NewJob
-from jobq.worker import Worker
+from serving import serve
 
 SECRET = "whsec_test_0123456789abcdef"
 WHEN = datetime(2026, 12, 7, 14, 30, 0, 250000, tzinfo=timezone.utc)
@@ -104,28 +103,6 @@ def registry() -> TaskRegistry:
     return load_registry([])
 
 
-def serve(store: SqlStore, settings: Settings, registry: TaskRegistry,
-          done: Callable[[], bool], during: Callable[[], Any] | None = None,
-          limit: float = 30) -> None:
-    """A whole worker until ``done()``, then stopped as by SIGTERM."""
-    async def main() -> None:
-        worker = Worker(store, registry, settings, concurrency=4)
-        running = asyncio.create_task(worker.run())
-        deadline = time.monotonic() + limit
-        try:
-            while not done():
-                assert time.monotonic() < deadline, "the jobs did not finish in time"
-                assert not running.done(), "the worker stopped by itself"
-                if during is not None:
-                    during()
-                await asyncio.sleep(0.05)
-        finally:
-            worker.stop()
-            await asyncio.wait_for(running, 30)
-
-    asyncio.run(main())
-
-
 def deliver(store: SqlStore, settings: Settings, registry: TaskRegistry, url: str,
             state: str = "done", **job: Any) -> Job:
     """Enqueue the webhook of a (made-up) job 41 that became ``state``, run it, return it."""
@@ -139,7 +116,8 @@ def run(store: SqlStore, settings: Settings, registry: TaskRegistry, new: NewJob
         during: Callable[[], Any] | None = None) -> Job:
     job = store.enqueue(new).job
     serve(store, settings, registry,
-          lambda: store.get(job.id, with_attempts=False).state.is_final, during)
+          lambda: store.get(job.id, with_attempts=False).state.is_final,
+          None if during is None else lambda _worker: during())
     return store.get(job.id)
 
 
@@ -384,7 +362,7 @@ def test_a_job_with_a_callback_url_is_delivered_after_the_receiver_was_down_for_
             j.state.is_final for j in store.list_jobs(task_type="jobq.webhook", limit=10).items)
 
     try:
-        serve(store, settings, registry, delivered, open_after_10_s, limit=60)
+        serve(store, settings, registry, delivered, lambda _worker: open_after_10_s(), limit=60)
     finally:
         for r in started:
             r.close()

@@ -4,12 +4,10 @@ starts afresh), process-isolated handlers terminated. Both backends, real worker
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,6 +19,7 @@ from jobq.worker import Worker
 from jobq.worker import executor
 from jobq.harness import wait_for
 from procs import Procs, env_for
+from serving import serve
 
 
 @pytest.fixture
@@ -34,29 +33,6 @@ def fast(db_url: str) -> Settings:
 @pytest.fixture
 def registry() -> TaskRegistry:
     return load_registry(["timeout_tasks"])
-
-
-def serve(store: SqlStore, settings: Settings, registry: TaskRegistry,
-          done: Callable[[], bool], during: Callable[[Worker], Any] | None = None,
-          limit: float = 30) -> Worker:
-    """A whole worker (every loop) until ``done()``, then stopped as by SIGTERM."""
-    async def main() -> Worker:
-        worker = Worker(store, registry, settings, concurrency=4)
-        running = asyncio.create_task(worker.run())
-        deadline = time.monotonic() + limit
-        try:
-            while not done():
-                assert time.monotonic() < deadline, "the jobs did not finish in time"
-                assert not running.done(), "the worker stopped by itself"
-                if during is not None:
-                    await during(worker)
-                await asyncio.sleep(0.05)
-        finally:
-            worker.stop()
-            await asyncio.wait_for(running, 30)
-        return worker
-
-    return asyncio.run(main())
 
 
 def final(store: SqlStore, *ids: int) -> Callable[[], bool]:

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from jobq.service import JobService
 from jobq.settings import Settings, load_settings
 from jobq.store import SqlStore
 from jobq.types import JobState
-from jobq.worker import Worker
+from serving import serve
 
 
 @pytest.fixture
@@ -28,24 +26,6 @@ def fast(db_url: str) -> Settings:
 @pytest.fixture
 def registry() -> TaskRegistry:
     return load_registry(["flow_tasks"])
-
-
-def serve(store: SqlStore, settings: Settings, registry: TaskRegistry,
-          done: Callable[[], bool], limit: float = 120, concurrency: int = 20) -> None:
-    async def main() -> None:
-        worker = Worker(store, registry, settings, concurrency=concurrency)
-        running = asyncio.create_task(worker.run())
-        deadline = time.monotonic() + limit
-        try:
-            while not done():
-                assert time.monotonic() < deadline, "the workflow did not finish in time"
-                assert not running.done(), "the worker stopped by itself"
-                await asyncio.sleep(0.1)
-        finally:
-            worker.stop()
-            await asyncio.wait_for(running, 30)
-
-    asyncio.run(main())
 
 
 def final(store: SqlStore, job_id: int) -> Callable[[], bool]:
