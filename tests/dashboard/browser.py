@@ -46,7 +46,11 @@ def watched_page(browser: Any, **context_options: Any) -> Iterator[tuple[Any, li
     page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
             if m.type in ("error", "warning") else None)
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+    # A request the browser itself abandoned (net::ERR_ABORTED: the favicon of a page the test
+    # already left) says nothing of the page; a refused or broken one does. (An HTTP error is
+    # an answer, not a failed request: it shows as a console error above.)
+    page.on("requestfailed", lambda r: None if r.failure == "net::ERR_ABORTED" else
+            problems.append(f"request failed: {r.url} ({r.failure})"))
     page.on("dialog", lambda d: d.accept())  # "Retry all N?" answered yes
     try:
         yield page, problems
