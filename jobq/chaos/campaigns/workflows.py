@@ -9,7 +9,14 @@ from __future__ import annotations
 import signal
 import time
 
-from jobq.chaos.checks import Check, Execution, all_jobs, read_ledger, registered_pids
+from jobq.chaos.checks import (
+    Check,
+    Execution,
+    all_jobs,
+    busy_pids,
+    read_ledger,
+    registered_pids,
+)
 from jobq.chaos.setup import Ctx, Setup, finish, start_workers
 from jobq.harness import wait_until
 from jobq.types import JobState, NewJob
@@ -43,8 +50,13 @@ def workflows_under_kills(ctx: Ctx) -> list[Check]:
             workers = start_workers(s.cluster, 4)
             wait_until(lambda: len(registered_pids(store)) == 4, 60, 0.2)
             for _ in range(kills):
-                time.sleep(ctx.rng.uniform(0.3, 1.5))
-                victim = ctx.rng.choice(workers)
+                time.sleep(ctx.rng.uniform(0.2, 0.8))
+                # A worker in the middle of an execution (the ledger says which), so that the
+                # kill cuts a parent (or a callback) short; any worker if none is busy soon.
+                busy: list = []
+                wait_until(lambda: busy.extend(
+                    w for w in workers if w.pid in busy_pids(s.dbs.ledger_url)) or busy, 5, 0.05)
+                victim = ctx.rng.choice(busy or workers)
                 victim.signal(signal.SIGKILL)
                 s.cluster.restart(victim)
             checks = finish(s, None, drain_s=180)
