@@ -47,7 +47,7 @@ from jobq.settings import Settings
 from jobq.store.base import pool_options
 from jobq.store.dialect import ClaimRunner, CompletionRunner, Connections
 from jobq.store.exprs import DONE_LEASE, MIGRATION_LOCK, db_now, held, seconds_from_now
-from jobq.store.tables import jobs
+from jobq.store.tables import KEYED, jobs
 from jobq.types import JobState, Lease
 
 log = logging.getLogger("jobq.store")
@@ -206,7 +206,8 @@ class Postgres:
                     v["trace_context"].astext,  # JSON null: NULL
                 ).order_by(given.c.ord),
             )
-            .on_conflict_do_nothing(index_elements=[jobs.c.queue, jobs.c.idempotency_key])
+            .on_conflict_do_nothing(index_elements=[jobs.c.queue, jobs.c.idempotency_key],
+                                    index_where=KEYED)
             .returning(jobs.c.id, jobs.c.idempotency_key, jobs.c.run_at, jobs.c.created_at,
                        jobs.c.queue)
         )

@@ -37,7 +37,7 @@ from jobq.settings import Settings
 from jobq.store.dialect import ClaimRunner, CompletionRunner, Connections
 from jobq.store.base import READ_ONLY, pool_options
 from jobq.store.exprs import DONE_LEASE, db_now, held, in_state, seconds_from_now
-from jobq.store.tables import jobs
+from jobq.store.tables import KEYED, jobs
 from jobq.types import JobState, Lease
 
 PENDING, RUNNING, DONE = JobState.PENDING.value, JobState.RUNNING.value, JobState.DONE.value
@@ -129,7 +129,8 @@ class Sqlite:
         return (
             sqlite.insert(jobs)
             .values(state=PENDING, attempts=0, run_at=run_at, created_at=db_now())
-            .on_conflict_do_nothing(index_elements=[jobs.c.queue, jobs.c.idempotency_key])
+            .on_conflict_do_nothing(index_elements=[jobs.c.queue, jobs.c.idempotency_key],
+                                    index_where=KEYED)
             .returning(jobs.c.id, jobs.c.idempotency_key, jobs.c.run_at, jobs.c.created_at,
                        jobs.c.queue)
         )

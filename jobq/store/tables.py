@@ -20,7 +20,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects import sqlite
@@ -190,11 +189,21 @@ jobs = Table(
     Column("callback_url", String(MAX_URL_CHARS), nullable=True),
     CheckConstraint(f"state IN ({_states})", name="state"),
     CheckConstraint("attempts >= 0 AND attempts <= max_attempts", name="attempts"),
-    # An idempotency key is unique within its queue (migration 0005): a producer of one
-    # queue can neither take another queue's key nor learn that it exists. Jobs without a
-    # key do not collide: NULLs are distinct in a unique constraint on both databases.
-    UniqueConstraint("queue", "idempotency_key", name="uq_jobq_jobs_queue_idempotency_key"),
     sqlite_autoincrement=True,
+)
+
+# An idempotency key is unique within its queue (migration 0005): a producer of one queue can
+# neither take another queue's key nor learn that it exists. A partial index: unkeyed jobs,
+# most of them, are not in it, so their claim and completion do not write to it (0014).
+# ``KEYED`` is the predicate an ON CONFLICT names to use it.
+KEYED = text("idempotency_key IS NOT NULL")
+Index(
+    "uq_jobq_jobs_queue_idempotency_key",
+    jobs.c.queue,
+    jobs.c.idempotency_key,
+    unique=True,
+    postgresql_where=KEYED,
+    sqlite_where=KEYED,
 )
 
 # The claim reads only pending rows; a partial index keeps it cheap with millions of

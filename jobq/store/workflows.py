@@ -39,7 +39,7 @@ from jobq.errors import InvalidJob, JobNotFound
 from jobq.store.base import StoreBase, translate
 from jobq.store.exprs import db_now, seconds_from_now
 from jobq.store.rows import job_of
-from jobq.store.tables import dependencies, jobs
+from jobq.store.tables import KEYED, dependencies, jobs
 from jobq.types import EnqueueResult, JobState, NewJob, Parent
 
 PENDING, RUNNING, WAITING = (JobState.PENDING.value, JobState.RUNNING.value,
@@ -89,7 +89,8 @@ def enqueue_graph(store: Any, conn: Connection, news: Sequence[NewJob],
                     on_parent_failure=new.on_parent_failure,
                     callback_url=new.callback_url, last_error=reason, cancelled_by=by,
                     finished_at=db_now() if state == CANCELLED else None)
-            .on_conflict_do_nothing(index_elements=[jobs.c.queue, jobs.c.idempotency_key])
+            .on_conflict_do_nothing(index_elements=[jobs.c.queue, jobs.c.idempotency_key],
+                                    index_where=KEYED)
             .returning(*jobs.c)
         )
         row = conn.execute(stmt).first()

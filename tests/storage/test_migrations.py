@@ -140,7 +140,7 @@ def _raw_job(engine: Engine, **given: Any) -> int:
 
 
 def test_head_is_a_single_known_revision() -> None:
-    assert head_revision() == "0013"
+    assert head_revision() == "0014"
 
 
 def test_migrate_twice_is_a_noop(fresh_url: Callable[[], str]) -> None:
@@ -464,6 +464,42 @@ def test_0013_adds_workflows_and_keeps_every_job_and_attempt(
         assert "jobq_dependencies" not in inspect(engine).get_table_names()
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM jobq_jobs")).scalar() == 2
+        migrate(engine)
+        assert _diffs(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_0014_keeps_idempotency_keys_unique_per_queue_with_an_index_of_keyed_jobs_only(
+        fresh_url: Callable[[], str]) -> None:
+    """From 0013 with a keyed and an unkeyed job: both kept (on SQLite the table is rebuilt),
+    the key still returns its job, a second row with it is refused by the index itself, the
+    index holds the keyed job only; down to 0013 and the constraint is back."""
+    engine = _engine(fresh_url())
+    try:
+        migrate(engine, "0013")
+        keyed = _raw_job(engine, idempotency_key="k")
+        plain = _raw_job(engine)
+        migrate(engine)
+        assert _diffs(engine) == []
+        store = SqlStore(engine)
+        again = store.enqueue(NewJob("echo", idempotency_key="k"))
+        assert (again.job.id, again.created) == (keyed, False)
+        assert store.enqueue(NewJob("echo", queue="other", idempotency_key="k")).created
+        assert store.get(plain).idempotency_key is None
+        with pytest.raises(IntegrityError):  # the index itself, under any code
+            _raw_job(engine, idempotency_key="k")
+        with engine.connect() as conn:
+            indexes = inspect(engine).get_indexes("jobq_jobs")
+            (ix,) = [i for i in indexes if i["name"] == "uq_jobq_jobs_queue_idempotency_key"]
+            where = " ".join(str(v) for v in ix["dialect_options"].values())
+            assert ix["unique"] and "idempotency_key IS NOT NULL" in where
+            assert conn.execute(text("SELECT count(*) FROM jobq_jobs")).scalar() == 3
+        downgrade(engine, "0013")
+        uniques = inspect(engine).get_unique_constraints("jobq_jobs")
+        assert [u["column_names"] for u in uniques] == [["queue", "idempotency_key"]]
+        with pytest.raises(IntegrityError):
+            _raw_job(engine, idempotency_key="k")
         migrate(engine)
         assert _diffs(engine) == []
     finally:
