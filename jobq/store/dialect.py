@@ -41,6 +41,9 @@ ClaimRunner = Callable[[Connections, dict[str, Any]], Sequence[Row[Any]]]
 #: Writes (lease, result) pairs as done and returns the tokens that took
 #: (``Dialect.completion_runner``).
 CompletionRunner = Callable[[Connections, Sequence[tuple[Lease, Any]]], set[str]]
+#: Runs one write statement as its own transaction and returns its rows
+#: (``Dialect.statement_runner``).
+StatementRunner = Callable[[dict[str, Any]], Sequence[Any]]
 
 
 class Dialect(Protocol):
@@ -78,6 +81,11 @@ class Dialect(Protocol):
 
     def one_statement(self, db: Connections) -> AbstractContextManager[Connection]:
         """A connection for a write that is a single statement, which is atomic by itself."""
+
+    def statement_runner(self, engine: Engine, db: Connections, stmt: Any) -> StatementRunner:
+        """How the write ``stmt``, a single statement, runs as its own transaction at the
+        least cost per call: the lone enqueue's INSERT (its rows have the statement's column
+        names as attributes)."""
 
     def wake(self, conn: Connection, queues: Iterable[str]) -> None:
         """Wake idle workers of ``queues`` when ``conn``'s transaction commits."""

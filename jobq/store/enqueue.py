@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Float, and_, bindparam, delete, func, or_, se
 from jobq.errors import IdempotencyConflict, StoreUnavailable
 from jobq.store import workflows
 from jobq.store.base import StoreBase, translate
+from jobq.store.dialect import StatementRunner
 from jobq.store.exprs import db_now, seconds_after, seconds_from_now
 from jobq.store.rows import created_job, job_of
 from jobq.store.tables import jobs
@@ -85,7 +86,9 @@ class Enqueue(StoreBase):
         # One statement that can roll nothing back (no key of the batch can conflict after
         # the INSERT) is its own transaction: a lone job costs one round trip.
         alone = len(fresh) <= self.ENQUEUE_CHUNK and (not first or len(news) == 1)
-        with self.dialect.one_statement(self) if alone else self.write() as own:
+        if alone:
+            return self._insert(None, news, first, fresh)
+        with self.write() as own:
             return self._insert(own, news, first, fresh)
 
     def _in_their_transaction(self, conn: Connection,
@@ -106,10 +109,21 @@ class Enqueue(StoreBase):
                 conn.execute(delete(jobs).where(jobs.c.id.in_(made[start:start + 500])))
             raise
 
-    def _insert(self, conn: Connection, news: Sequence[NewJob], first: dict[Scoped, int],
-                fresh: list[int], made: list[int] | None = None) -> list[EnqueueResult]:
-        """The INSERT of ``enqueue_many``'s common path, on ``conn``; the ids of the rows
-        inserted are added to ``made``."""
+    def _run_alone(self, stmt: Any, params: Any) -> Sequence[Any]:
+        """Run an enqueue statement as its own transaction (``Dialect.statement_runner``)."""
+        return self._alone_runners[stmt is self._enqueue_lanes_stmt](params)
+
+    @functools.cached_property
+    def _alone_runners(self) -> tuple[StatementRunner, StatementRunner]:
+        return (self.dialect.statement_runner(self.engine, self, self._enqueue_stmt),
+                self.dialect.statement_runner(self.engine, self, self._enqueue_lanes_stmt))
+
+    def _insert(self, conn: Connection | None, news: Sequence[NewJob],
+                first: dict[Scoped, int], fresh: list[int],
+                made: list[int] | None = None) -> list[EnqueueResult]:
+        """The INSERT of ``enqueue_many``'s common path, on ``conn``, or without one as a
+        single statement that is its own transaction; the ids of the rows inserted are added
+        to ``made``."""
         rows = []
         for start in range(0, len(fresh), self.ENQUEUE_CHUNK):
             chunk = [news[i] for i in fresh[start:start + self.ENQUEUE_CHUNK]]
@@ -117,7 +131,8 @@ class Enqueue(StoreBase):
             params = self.dialect.enqueue_params([_values(n, lanes) for n in chunk],
                                                  self.engine)
             stmt = self._enqueue_lanes_stmt if lanes else self._enqueue_stmt
-            rows += conn.execute(stmt, params).all()
+            rows += (self._run_alone(stmt, params) if conn is None
+                     else conn.execute(stmt, params).all())
         if made is not None:
             made.extend(r.id for r in rows)
         # RETURNING promises no order. Ids are drawn in the order the rows are inserted,
@@ -130,6 +145,9 @@ class Enqueue(StoreBase):
                 raise RuntimeError("enqueue_many: a row per item was expected")
             return [EnqueueResult(created_job(new, row), created=True)
                     for new, row in zip(news, rows)]
+        if conn is None:  # the keys' holders are read after that statement, as in autocommit
+            with self.read() as reading:
+                return self._with_keys(reading, news, first, fresh, rows)
         return self._with_keys(conn, news, first, fresh, rows)
 
     def _with_keys(

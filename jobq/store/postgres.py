@@ -45,7 +45,8 @@ from sqlalchemy.dialects import postgresql as pg
 
 from jobq.settings import Settings
 from jobq.store.base import pool_options
-from jobq.store.dialect import ClaimRunner, CompletionRunner, Connections
+from jobq.store.dialect import ClaimRunner, CompletionRunner, Connections, StatementRunner
+from jobq.store.direct import Direct
 from jobq.store.exprs import DONE_LEASE, MIGRATION_LOCK, db_now, held, seconds_from_now
 from jobq.store.tables import KEYED, jobs
 from jobq.types import JobState, Lease
@@ -254,6 +255,10 @@ class Postgres:
     def one_statement(self, db: Connections) -> AbstractContextManager[Connection]:
         # Its own transaction: no BEGIN and COMMIT round trips.
         return db.autocommit()
+
+    def statement_runner(self, engine: Engine, db: Connections, stmt: Any) -> StatementRunner:
+        # In autocommit, past SQLAlchemy's execution layer (``store/direct.py``).
+        return Direct(stmt, engine).run
 
     def wake(self, conn: Connection, queues: Iterable[str]) -> None:
         # Sent by PostgreSQL at commit, never for a rolled-back transaction.

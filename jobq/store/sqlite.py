@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite
 
 from jobq.settings import Settings
-from jobq.store.dialect import ClaimRunner, CompletionRunner, Connections
+from jobq.store.dialect import ClaimRunner, CompletionRunner, Connections, StatementRunner
 from jobq.store.base import READ_ONLY, pool_options
 from jobq.store.exprs import DONE_LEASE, db_now, held, in_state, seconds_from_now
 from jobq.store.tables import KEYED, jobs
@@ -158,6 +158,13 @@ class Sqlite:
         # A write transaction all the same: there are no round trips to save, and BEGIN
         # IMMEDIATE takes the write lock up front.
         return db.write()
+
+    def statement_runner(self, engine: Engine, db: Connections, stmt: Any) -> StatementRunner:
+        def run(params: dict[str, Any]) -> Sequence[Any]:
+            with db.write() as conn:
+                return conn.execute(stmt, params).all()
+
+        return run
 
     def wake(self, conn: Connection, queues: Iterable[str]) -> None:
         pass  # no notifications in SQLite: its workers watch the file's commits (listen)

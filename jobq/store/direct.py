@@ -1,0 +1,77 @@
+"""One statement, compiled once, run on a pooled psycopg connection in autocommit.
+
+For the one statement whose cost per call is most of what a user waits for: a lone enqueue
+(``Dialect.run_alone``). SQLAlchemy still builds the statement, compiles it, lends the
+connection and turns driver errors into its own; what is skipped is its execution layer
+(the compiled-cache lookup, the parameters and the result built again for each call, the
+isolation level set and reset on the connection), measured on this project's 2-core machine
+on 2026-12-07 at about 175 of the 600 µs of client CPU that a lone enqueue cost, against
+165 µs for the same statement through psycopg alone.
+
+A disconnect invalidates the connection, as SQLAlchemy would, so the pool does not lend it
+again; errors are raised as SQLAlchemy's own (``translate`` sees no difference).
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy import exc as sa_exc
+
+
+class Direct:
+    """``stmt`` compiled for ``engine``; ``run(params)`` returns its rows, with the columns'
+    own result processing (a row has the statement's column names as attributes)."""
+
+    def __init__(self, stmt: Any, engine: Engine) -> None:
+        compiled = stmt.compile(dialect=engine.dialect)
+        self.engine = engine
+        self.sql = str(compiled)
+        # The statement's own literals (every other parameter is given to ``run``).
+        self.fixed = {name: bind.effective_value for name, bind in compiled.binds.items()
+                      if not bind.required}
+        columns = list(stmt.selected_columns)
+        self.row = namedtuple("Row", [c.key for c in columns])  # type: ignore[misc]
+        self.processors: list[Callable[[Any], Any] | None] = [
+            c.type.result_processor(engine.dialect, None) for c in columns]
+        self.plain = not any(self.processors)
+
+    def run(self, params: dict[str, Any]) -> list[Any]:
+        engine = self.engine
+        error = engine.dialect.loaded_dbapi.Error
+        try:
+            fairy = engine.raw_connection()
+        except error as exc:  # no connection to be had (SQLAlchemy's Connection says so too)
+            raise sa_exc.DBAPIError.instance(None, None, exc, error,
+                                             dialect=engine.dialect) from exc
+        driver = fairy.driver_connection
+        try:
+            try:
+                driver.autocommit = True
+                try:
+                    with driver.cursor() as cursor:
+                        cursor.execute(self.sql, {**self.fixed, **params})
+                        raw = cursor.fetchall()
+                finally:
+                    # Back as the pool lends it; a connection too broken for that is lost.
+                    driver.autocommit = False
+            except error as exc:
+                lost = engine.dialect.is_disconnect(exc, driver, None) or driver.closed
+                if lost:
+                    # As SQLAlchemy's Connection does: the pool's other connections, older
+                    # than this moment, are thrown away as they are lent (the server that
+                    # dropped this one may have dropped them all), and this one now.
+                    engine.pool._invalidate(fairy, exc)
+                raise sa_exc.DBAPIError.instance(
+                    self.sql, params, exc, error, connection_invalidated=lost,
+                    dialect=engine.dialect) from exc
+        finally:
+            fairy.close()
+        if self.plain:
+            return [self.row._make(r) for r in raw]
+        procs = self.processors
+        return [self.row._make([v if p is None else p(v) for p, v in zip(procs, r)])
+                for r in raw]
