@@ -22,6 +22,41 @@ from jobq.settings import NAME_PATTERN
 from jobq.types import CONCURRENCY_RANGE, JobState, Parent, check_timeout
 
 
+class StopFlag:
+    """``ctx.stopped``: a ``threading.Event`` to its handler (``is_set``, ``wait``, ``set``),
+    whose Event is only made when a handler waits on it. A worker makes one per job and
+    almost no handler waits: an Event (its Condition and lock) was a twentieth of a no-op
+    job's cost in the worker."""
+
+    __slots__ = ("_set", "_event")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: threading.Event | None = None
+
+    def set(self) -> None:
+        self._set = True  # before reading _event: a waiter that made it after sees _set
+        event = self._event
+        if event is not None:
+            event.set()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._set:
+            return True
+        with _MAKING:
+            if self._event is None:
+                self._event = threading.Event()
+        if self._set:  # set before the Event existed: it would never be told
+            self._event.set()
+        return self._event.wait(timeout)
+
+
+_MAKING = threading.Lock()
+
+
 @dataclass(frozen=True)
 class JobContext:
     """Handed to handlers that take a second parameter."""
@@ -36,8 +71,7 @@ class JobContext:
     #: not renewed in time) or the worker stops past its grace period. An async handler is
     #: cancelled then as well; a ``def`` handler cannot be interrupted, so a long one should
     #: look at this (``ctx.stopped.wait(seconds)`` in place of ``time.sleep``) and return.
-    stopped: threading.Event = field(default_factory=threading.Event, compare=False,
-                                     repr=False)
+    stopped: StopFlag = field(default_factory=StopFlag, compare=False, repr=False)
     #: Where ``progress`` reports go (the worker's ``jobq.worker.progress``); None: nowhere.
     report: Callable[[float, str | None], None] | None = field(default=None, compare=False,
                                                                repr=False)

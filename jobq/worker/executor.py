@@ -15,7 +15,6 @@ killed), and a thread, which nothing can stop, is abandoned with ``ctx.stopped``
 from __future__ import annotations
 
 import asyncio
-import threading
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +24,7 @@ from pydantic import ValidationError
 from jobq import payloads
 from jobq.errors import Cancel, JobTimeout, Snooze
 from jobq.jsonvalue import check_json_value, storable_text
-from jobq.registry import JobContext, Task, TaskRegistry
+from jobq.registry import JobContext, StopFlag, Task, TaskRegistry
 from jobq.retry import Backoff
 from jobq.types import Cancelled, ClaimedJob, Failure, Job, Outcome, Parent, Snoozed, Success
 from jobq.worker.processes import ProcessPool
@@ -117,7 +116,7 @@ async def classified(task: Task, payload: Any, ctx: JobContext, backoff: Backoff
 
 
 async def run_claimed(claimed: ClaimedJob, registry: TaskRegistry, worker_id: str,
-                      stopped: threading.Event, backoff: Backoff | None = None,
+                      stopped: StopFlag, backoff: Backoff | None = None,
                       report: Callable[[float, str | None], None] | None = None,
                       parents: tuple[Parent, ...] = ()) -> Outcome:
     """A claimed job's Outcome: its handler run with its context. A task type this worker

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+from jobq.registry import StopFlag
 from jobq.types import ClaimedJob, Lease, Outcome
 
 log = logging.getLogger("jobq.worker")
@@ -36,7 +36,7 @@ class Running:
     renewed_from: float
     task: asyncio.Task[None] | None = None
     #: The handler's ``ctx.stopped``: set whenever its task is cancelled by the worker.
-    stopped: threading.Event = field(default_factory=threading.Event)
+    stopped: StopFlag = field(default_factory=StopFlag)
     lost: bool = False  # the lease is gone: the outcome must not be written
     released: bool = False  # given back at shutdown
     #: Its timeout (seconds, None: none) and when it runs out (monotonic); set once its
