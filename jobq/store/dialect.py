@@ -28,7 +28,10 @@ Insert = PgInsert | SqliteInsert
 
 
 class Connections(Protocol):
-    """What a dialect may ask of the store: its kinds of connection (``base.StoreBase``)."""
+    """What a dialect may ask of the store: its engine, its kinds of connection
+    (``base.StoreBase``)."""
+
+    engine: Engine
 
     def write(self) -> AbstractContextManager[Connection]: ...
     def read(self) -> AbstractContextManager[Connection]: ...

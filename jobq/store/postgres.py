@@ -23,7 +23,6 @@ from sqlalchemy import (
     Engine,
     Float,
     Integer,
-    Row,
     Select,
     Table,
     Text,
@@ -235,20 +234,28 @@ class Postgres:
     def claim_runner(self, probe: Select[Any], claim: Any) -> ClaimRunner:
         # One statement that is its own transaction: one round trip instead of three (BEGIN,
         # claim, COMMIT), which is most of what an idle worker's pickup waits for.
-        def run(db: Connections, params: dict[str, Any]) -> Sequence[Row[Any]]:
-            with db.autocommit() as conn:
-                return conn.execute(claim, params).all()
+        # Past SQLAlchemy's execution layer (``store/direct.py``): a worker's claims are
+        # many and small while it is busy.
+        direct: list[Direct] = []
+
+        def run(db: Connections, params: dict[str, Any]) -> Sequence[Any]:
+            if not direct:
+                direct.append(Direct(claim, db.engine))
+            return direct[0].run(params)
 
         return run
 
     def completion_runner(self) -> CompletionRunner:
         # One UPDATE in autocommit: one round trip, whatever the batch size.
+        direct: list[Direct] = []
+
         def run(db: Connections, finished: Sequence[tuple[Lease, Any]]) -> set[str]:
-            with db.autocommit() as conn:
-                done = json.dumps([{"id": lease.job_id, "token": lease.token,
-                                    "result": result, "running": RUNNING}
-                                   for lease, result in finished])
-                return set(conn.execute(_MARK_DONE, {"c_done": done}).scalars().all())
+            if not direct:
+                direct.append(Direct(_MARK_DONE, db.engine))
+            done = json.dumps([{"id": lease.job_id, "token": lease.token,
+                                "result": result, "running": RUNNING}
+                               for lease, result in finished])
+            return {row.token for row in direct[0].run({"c_done": done})}
 
         return run
 
