@@ -166,8 +166,12 @@ def common_checks(store: SqlStore, ledger: list[Execution], load: LoadGen | None
                         + ("" if drained else " (drain timed out)"), stuck == 0 and drained))
     failed = {j.id for j in jobs.values() if j.state is JobState.FAILED}
     if failed != (expect_failed or set()):
-        checks.append(Check("unexpected failures", f"{len(failed - (expect_failed or set()))} "
-                            f"jobs failed that should not have", False))
+        unexpected = sorted(failed - (expect_failed or set()))
+        first = jobs[unexpected[0]] if unexpected else None
+        why = ("" if first is None else
+               f" (job {first.id}, {first.attempts} attempt(s): {(first.last_error or '')[:200]!r})")
+        checks.append(Check("unexpected failures", f"{len(unexpected)} "
+                            f"jobs failed that should not have{why}", False))
     return checks
 
 

@@ -25,18 +25,20 @@ WORK = {"ms": 200}
 CHAIN = 5
 
 
-def _graphs(chains: int, groups: int) -> list[NewJob]:
+def _graphs(chains: int, groups: int, attempts: int) -> list[NewJob]:
+    def work(**how: object) -> NewJob:
+        return NewJob("chaos.work", WORK, max_attempts=attempts, **how)  # type: ignore[arg-type]
+
     news: list[NewJob] = []
     for _ in range(chains):
         base = len(news)
-        news.append(NewJob("chaos.work", WORK))
-        news += [NewJob("chaos.work", WORK, depends_on_items=(base + k,))
-                 for k in range(CHAIN - 1)]
+        news.append(work())
+        news += [work(depends_on_items=(base + k,)) for k in range(CHAIN - 1)]
     for _ in range(groups):
         base = len(news)
-        news += [NewJob("chaos.work", WORK) for _ in range(4)]
-        news.append(NewJob("chaos.work", WORK, depends_on_items=tuple(range(base, base + 4)),
-                           on_parent_failure="run"))
+        news += [work() for _ in range(4)]
+        news.append(work(depends_on_items=tuple(range(base, base + 4)),
+                         on_parent_failure="run"))
     return news
 
 
@@ -46,7 +48,11 @@ def workflows_under_kills(ctx: Ctx) -> list[Check]:
     with Setup(ctx, "18-workflows-kills") as s:
         store = s.store()
         try:
-            ids = [r.job.id for r in store.enqueue_many(_graphs(chains, groups))]
+            # More attempts than kills: the kills go to busy workers, and the jobs rescued
+            # from one are often claimed together by another, the next kill's likeliest
+            # victim; a job cut short by every kill must still have an attempt left.
+            graphs = _graphs(chains, groups, attempts=kills + 2)
+            ids = [r.job.id for r in store.enqueue_many(graphs)]
             workers = start_workers(s.cluster, 4)
             wait_until(lambda: len(registered_pids(store)) == 4, 60, 0.2)
             for _ in range(kills):
