@@ -50,12 +50,21 @@ def connection() -> Iterator[psycopg.Connection]:
     """A ledger connection of this process (a tiny pool: connecting per job is slow)."""
     with _lock:
         conn = _pool.pop() if _pool else None
+    if conn is not None and not conn.closed:
+        try:  # a server restarted since (campaign 3) left it dead: not the handler's failure
+            conn.execute("SELECT 1")
+        except psycopg.Error:
+            conn.close()
     if conn is None or conn.closed:
         conn = psycopg.connect(os.environ[ENV], autocommit=True, connect_timeout=10)
     try:
         yield conn
     except BaseException:
         conn.close()
+        with _lock:  # the others were likely lost with it
+            stale, _pool[:] = list(_pool), []
+        for other in stale:
+            other.close()
         raise
     with _lock:
         _pool.append(conn)
