@@ -40,10 +40,10 @@ class Connections(Protocol):
 
 
 #: Runs a claim with its parameters and returns the claimed rows (``Dialect.claim_runner``).
-ClaimRunner = Callable[[Connections, dict[str, Any]], Sequence[Row[Any]]]
+ClaimRunner = Callable[[dict[str, Any]], Sequence[Row[Any]]]
 #: Writes (lease, result) pairs as done and returns the tokens that took
 #: (``Dialect.completion_runner``).
-CompletionRunner = Callable[[Connections, Sequence[tuple[Lease, Any]]], set[str]]
+CompletionRunner = Callable[[Sequence[tuple[Lease, Any]]], set[str]]
 #: Runs one write statement as its own transaction and returns its rows
 #: (``Dialect.statement_runner``).
 StatementRunner = Callable[[dict[str, Any]], Sequence[Any]]
@@ -73,11 +73,11 @@ class Dialect(Protocol):
     def enqueue_params(self, rows: list[dict[str, Any]], engine: Engine) -> Any:
         """The parameters of ``enqueue_statement`` for the jobs' values (``enqueue._values``)."""
 
-    def claim_runner(self, probe: Select[Any], claim: Any) -> ClaimRunner:
-        """How a claim runs: ``claim`` (UPDATE … RETURNING) moves the jobs to running;
-        ``probe`` finds whether anything is due at all."""
+    def claim_runner(self, db: Connections, probe: Select[Any], claim: Any) -> ClaimRunner:
+        """How a claim runs on ``db``: ``claim`` (UPDATE … RETURNING) moves the jobs to
+        running; ``probe`` finds whether anything is due at all."""
 
-    def completion_runner(self) -> CompletionRunner:
+    def completion_runner(self, db: Connections) -> CompletionRunner:
         """How a batch of successes is written: running → done for each (lease, result)
         whose claim still holds, and the attempts of those that took recorded
         (``attempt_log``)."""
@@ -85,10 +85,10 @@ class Dialect(Protocol):
     def one_statement(self, db: Connections) -> AbstractContextManager[Connection]:
         """A connection for a write that is a single statement, which is atomic by itself."""
 
-    def statement_runner(self, engine: Engine, db: Connections, stmt: Any) -> StatementRunner:
-        """How the write ``stmt``, a single statement, runs as its own transaction at the
-        least cost per call: the lone enqueue's INSERT (its rows have the statement's column
-        names as attributes)."""
+    def statement_runner(self, db: Connections, stmt: Any) -> StatementRunner:
+        """How the write ``stmt``, a single statement, runs on ``db`` as its own transaction
+        at the least cost per call: the lone enqueue's INSERT (its rows have the statement's
+        column names as attributes)."""
 
     def wake(self, conn: Connection, queues: Iterable[str]) -> None:
         """Wake idle workers of ``queues`` when ``conn``'s transaction commits."""

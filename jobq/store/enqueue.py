@@ -109,14 +109,12 @@ class Enqueue(StoreBase):
                 conn.execute(delete(jobs).where(jobs.c.id.in_(made[start:start + 500])))
             raise
 
-    def _run_alone(self, stmt: Any, params: Any) -> Sequence[Any]:
-        """Run an enqueue statement as its own transaction (``Dialect.statement_runner``)."""
-        return self._alone_runners[stmt is self._enqueue_lanes_stmt](params)
-
     @functools.cached_property
-    def _alone_runners(self) -> tuple[StatementRunner, StatementRunner]:
-        return (self.dialect.statement_runner(self.engine, self, self._enqueue_stmt),
-                self.dialect.statement_runner(self.engine, self, self._enqueue_lanes_stmt))
+    def _alone(self) -> dict[bool, StatementRunner]:
+        """The enqueue statements (by ``lanes``), each run as its own transaction
+        (``Dialect.statement_runner``)."""
+        return {False: self.dialect.statement_runner(self, self._enqueue_stmt),
+                True: self.dialect.statement_runner(self, self._enqueue_lanes_stmt)}
 
     def _insert(self, conn: Connection | None, news: Sequence[NewJob],
                 first: dict[Scoped, int], fresh: list[int],
@@ -131,7 +129,7 @@ class Enqueue(StoreBase):
             params = self.dialect.enqueue_params([_values(n, lanes) for n in chunk],
                                                  self.engine)
             stmt = self._enqueue_lanes_stmt if lanes else self._enqueue_stmt
-            rows += (self._run_alone(stmt, params) if conn is None
+            rows += (self._alone[lanes](params) if conn is None
                      else conn.execute(stmt, params).all())
         if made is not None:
             made.extend(r.id for r in rows)

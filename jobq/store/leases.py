@@ -75,7 +75,7 @@ class Leases(Limits):
         if queues and len(rows) < limit:
             params = {"c_queues": list(queues), "c_limit": limit - len(rows),
                       "c_worker": worker_id, "c_lease": float(lease_seconds)}
-            rows += self._claim(self, params)
+            rows += self._claim(params)
         claimed = [
             built(ClaimedJob, job=job_of(r), lease=built(
                 Lease, job_id=r.id, token=r.lease_token, attempt=r.attempts,
@@ -135,7 +135,7 @@ class Leases(Limits):
             .returning(*jobs.c)
         )
         probe = select(jobs.c.id).where(due).limit(1)
-        return self.dialect.claim_runner(probe, claim)
+        return self.dialect.claim_runner(self, probe, claim)
 
     def complete(self, lease: Lease, result: Any) -> bool:
         """running → done. False when the lease was lost (the job is not changed)."""
@@ -149,7 +149,7 @@ class Leases(Limits):
         statements are the same whatever the batch size (``Dialect.completion_runner``)."""
         if not finished:
             return set()
-        taken = self._complete(self, finished)
+        taken = self._complete(finished)
         if len(taken) < len(finished):
             # Jobs whose end must be acted on (``store/workflows.py``), and leases lost.
             taken |= self._complete_followed(
@@ -178,7 +178,7 @@ class Leases(Limits):
 
     @functools.cached_property
     def _complete(self) -> CompletionRunner:
-        return self.dialect.completion_runner()
+        return self.dialect.completion_runner(self)
 
     @translate
     def fail(

@@ -231,31 +231,22 @@ class Postgres:
 
         return {"given": json.dumps(rows, default=run_at)}
 
-    def claim_runner(self, probe: Select[Any], claim: Any) -> ClaimRunner:
+    def claim_runner(self, db: Connections, probe: Select[Any], claim: Any) -> ClaimRunner:
         # One statement that is its own transaction: one round trip instead of three (BEGIN,
-        # claim, COMMIT), which is most of what an idle worker's pickup waits for.
-        # Past SQLAlchemy's execution layer (``store/direct.py``): a worker's claims are
-        # many and small while it is busy.
-        direct: list[Direct] = []
+        # claim, COMMIT), which is most of what an idle worker's pickup waits for; past
+        # SQLAlchemy's execution layer (``store/direct.py``): a busy worker's claims are many
+        # and small.
+        return Direct(claim, db.engine).run
 
-        def run(db: Connections, params: dict[str, Any]) -> Sequence[Any]:
-            if not direct:
-                direct.append(Direct(claim, db.engine))
-            return direct[0].run(params)
-
-        return run
-
-    def completion_runner(self) -> CompletionRunner:
+    def completion_runner(self, db: Connections) -> CompletionRunner:
         # One UPDATE in autocommit: one round trip, whatever the batch size.
-        direct: list[Direct] = []
+        mark_done = Direct(_MARK_DONE, db.engine).run
 
-        def run(db: Connections, finished: Sequence[tuple[Lease, Any]]) -> set[str]:
-            if not direct:
-                direct.append(Direct(_MARK_DONE, db.engine))
+        def run(finished: Sequence[tuple[Lease, Any]]) -> set[str]:
             done = json.dumps([{"id": lease.job_id, "token": lease.token,
                                 "result": result, "running": RUNNING}
                                for lease, result in finished])
-            return {row.token for row in direct[0].run({"c_done": done})}
+            return {row.token for row in mark_done({"c_done": done})}
 
         return run
 
@@ -263,9 +254,9 @@ class Postgres:
         # Its own transaction: no BEGIN and COMMIT round trips.
         return db.autocommit()
 
-    def statement_runner(self, engine: Engine, db: Connections, stmt: Any) -> StatementRunner:
+    def statement_runner(self, db: Connections, stmt: Any) -> StatementRunner:
         # In autocommit, past SQLAlchemy's execution layer (``store/direct.py``).
-        return Direct(stmt, engine).run
+        return Direct(stmt, db.engine).run
 
     def wake(self, conn: Connection, queues: Iterable[str]) -> None:
         # Sent by PostgreSQL at commit, never for a rolled-back transaction.

@@ -138,8 +138,8 @@ class Sqlite:
     def enqueue_params(self, rows: list[dict[str, Any]], engine: Engine) -> Any:
         return rows
 
-    def claim_runner(self, probe: Select[Any], claim: Any) -> ClaimRunner:
-        def run(db: Connections, params: dict[str, Any]) -> Sequence[Row[Any]]:
+    def claim_runner(self, db: Connections, probe: Select[Any], claim: Any) -> ClaimRunner:
+        def run(params: dict[str, Any]) -> Sequence[Row[Any]]:
             if not db.exists(probe, params):  # nothing due: no write lock taken
                 return []
             with db.write() as conn:
@@ -147,8 +147,8 @@ class Sqlite:
 
         return run
 
-    def completion_runner(self) -> CompletionRunner:
-        def run(db: Connections, finished: Sequence[tuple[Lease, Any]]) -> set[str]:
+    def completion_runner(self, db: Connections) -> CompletionRunner:
+        def run(finished: Sequence[tuple[Lease, Any]]) -> set[str]:
             with db.write() as conn:
                 return _mark_done(self, conn, finished)
 
@@ -159,7 +159,7 @@ class Sqlite:
         # IMMEDIATE takes the write lock up front.
         return db.write()
 
-    def statement_runner(self, engine: Engine, db: Connections, stmt: Any) -> StatementRunner:
+    def statement_runner(self, db: Connections, stmt: Any) -> StatementRunner:
         def run(params: dict[str, Any]) -> Sequence[Any]:
             with db.write() as conn:
                 return conn.execute(stmt, params).all()
